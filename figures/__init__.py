@@ -1,0 +1,1 @@
+"""Paper figures, drawn only from tidy results tables (never from models)."""

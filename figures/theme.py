@@ -1,0 +1,244 @@
+"""The one theme every figure uses: sizes, family colours, saving, captions.
+
+Nothing here touches matplotlib's global state at import time; :func:`figure`
+(or :func:`apply`) installs the theme when a figure is actually made.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib as mpl
+
+__all__ = [
+    "DPI",
+    "FAMILY_COLORS",
+    "FAMILY_LABELS",
+    "FAMILY_ORDER",
+    "FONT_SCALE",
+    "GUIDE_COLOR",
+    "NOTE_COLOR",
+    "ONE_COLUMN",
+    "TWO_COLUMN",
+    "apply",
+    "family_color",
+    "family_label",
+    "family_of",
+    "figure",
+    "note",
+    "percent_axis",
+    "rc_params",
+    "save",
+    "theme",
+]
+
+# Okabe-Ito, a colour-blind-safe palette; one fixed colour per model family.
+FAMILY_COLORS: dict[str, str] = {
+    "resnet": "#0072B2",  # blue
+    "plain": "#D55E00",  # vermillion
+    "stochastic_depth": "#009E73",  # bluish green
+    "preact": "#CC79A7",  # reddish purple
+    "torchvision": "#E69F00",  # orange
+    "reference": "#000000",  # black: published numbers
+}
+FAMILY_LABELS: dict[str, str] = {
+    "resnet": "ResNet",
+    "plain": "plain",
+    "stochastic_depth": "stochastic depth",
+    "preact": "pre-activation",
+    "torchvision": "torchvision",
+    "reference": "published",
+}
+FAMILY_ORDER: tuple[str, ...] = tuple(FAMILY_COLORS)
+
+ONE_COLUMN: tuple[float, float] = (3.4, 2.4)  # inches
+TWO_COLUMN: tuple[float, float] = (7.0, 2.8)  # inches
+DPI = 300
+FONT_SCALE = 0.85  # of seaborn's "paper" context
+NOTE_COLOR = "#666666"
+GUIDE_COLOR = "#9a9a9a"  # chance lines, separators, legend proxies
+
+_TORCHVISION_DEPTHS = {18, 34, 50, 101, 152}
+_SD = re.compile(r"(?<![a-z])sd(?![a-z])|stochastic")
+
+
+def family_of(model: str) -> str:
+    """Model family from a model name, e.g. ``"resnet110-sd"`` -> ``"stochastic_depth"``.
+
+    ``plain*`` -> plain, ``preact_*`` -> preact, an ``sd`` token or ``stochastic``
+    -> stochastic_depth, ``resnet{18,34,50,101,152}`` / ``vgg*`` -> torchvision,
+    other ``resnet{6n+2}`` (20, 32, 44, 56, 110, 1202) -> resnet; names containing
+    ``published`` / ``reference`` -> reference first. Anything else raises ``ValueError``.
+    """
+    name = str(model).strip().lower()
+    if "published" in name or "reference" in name:
+        return "reference"
+    if name.startswith("plain"):
+        return "plain"
+    if name.startswith("preact"):
+        return "preact"
+    if _SD.search(name):
+        return "stochastic_depth"
+    if name.startswith("vgg"):
+        return "torchvision"
+    m = re.match(r"resnet[_-]?(\d+)", name)
+    if m:
+        depth = int(m.group(1))
+        if depth in _TORCHVISION_DEPTHS:
+            return "torchvision"
+        if depth >= 8 and (depth - 2) % 6 == 0:
+            return "resnet"
+    raise ValueError(f"cannot tell the model family of {model!r}")
+
+
+def family_color(family: str) -> str:
+    """The fixed hex colour of a family (a model name is accepted too)."""
+    if family not in FAMILY_COLORS:
+        family = family_of(family)
+    return FAMILY_COLORS[family]
+
+
+def family_label(family: str) -> str:
+    """Human-readable family name for legends."""
+    return FAMILY_LABELS.get(family, str(family))
+
+
+def rc_params() -> dict[str, object]:
+    """Matplotlib rc settings of the theme: seaborn paper context, ticks style."""
+    import seaborn as sns
+
+    rc: dict[str, object] = {}
+    rc.update(sns.axes_style("ticks"))
+    rc.update(sns.plotting_context("paper", font_scale=FONT_SCALE))  # ~8 pt labels, 7.5 ticks
+    rc.update(
+        {
+            "axes.prop_cycle": mpl.cycler(color=list(FAMILY_COLORS.values())),
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.titlelocation": "left",
+            "legend.frameon": False,
+            "legend.handlelength": 1.8,
+            "legend.columnspacing": 1.2,
+            "figure.dpi": 100,
+            "savefig.dpi": DPI,
+            "pdf.fonttype": 42,  # embed TrueType, not Type 3
+            "ps.fonttype": 42,
+            "svg.fonttype": "none",
+        }
+    )
+    return rc
+
+
+def apply() -> None:
+    """Install the theme into matplotlib's global rcParams."""
+    mpl.rcParams.update(rc_params())
+
+
+@contextmanager
+def theme() -> Iterator[None]:
+    """Use the theme inside a ``with`` block only."""
+    with mpl.rc_context(rc_params()):
+        yield
+
+
+def _ensure_backend() -> None:
+    """Pick the headless Agg backend unless a backend was already chosen."""
+    getter = getattr(mpl.rcParams, "_get_backend_or_none", None)
+    chosen = getter() if getter is not None else os.environ.get("MPLBACKEND")
+    if chosen is None:
+        mpl.use("Agg")
+
+
+def figure(size: str = "one", nrows: int = 1, ncols: int = 1, **kw):
+    """A themed ``(fig, axes)`` pair, ``size`` "one" or "two" column wide.
+
+    ``**kw`` goes to :func:`matplotlib.pyplot.subplots` (``figsize`` overrides
+    ``size``; the layout is constrained unless ``layout`` says otherwise).
+    """
+    sizes = {"one": ONE_COLUMN, "two": TWO_COLUMN}
+    if size not in sizes:
+        raise ValueError(f"size must be 'one' or 'two', not {size!r}")
+    _ensure_backend()
+    apply()
+    import matplotlib.pyplot as plt
+
+    kw.setdefault("figsize", sizes[size])
+    kw.setdefault("layout", "constrained")
+    return plt.subplots(nrows, ncols, **kw)
+
+
+def _atomic_savefig(fig, path: Path, fmt: str, **kw) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format=fmt, **kw)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(fig, path_without_suffix: str | os.PathLike) -> list[Path]:
+    """Write ``<path>.pdf`` (vector) and ``<path>.png`` (300 dpi), then close ``fig``.
+
+    Both files are written atomically (temp file in the same folder, then
+    ``os.replace``). The page is not cropped, so the PNG is exactly
+    ``figsize * 300`` pixels. A trailing ``.pdf`` / ``.png`` is ignored.
+    """
+    base = Path(path_without_suffix)
+    if base.suffix.lower() in {".pdf", ".png"}:
+        base = base.with_suffix("")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    pdf, png = base.with_name(base.name + ".pdf"), base.with_name(base.name + ".png")
+    try:
+        _atomic_savefig(fig, pdf, "pdf", metadata={"CreationDate": None})
+        _atomic_savefig(fig, png, "png", dpi=DPI)
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return [pdf, png]
+
+
+_CORNERS = {
+    "upper right": (1.0, 1.0, "right", "bottom"),
+    "upper left": (0.0, 1.0, "left", "bottom"),
+    "lower right": (0.98, 0.03, "right", "bottom"),
+    "lower left": (0.02, 0.03, "left", "bottom"),
+}
+
+
+def note(ax, text: str, *, loc: str = "upper right"):
+    """A small grey caption in a corner of ``ax`` (e.g. "quick run: 500 images").
+
+    "upper ..." corners sit just above the axes frame (figures are title-less,
+    so that space is free and never covers data); "lower ..." sit inside.
+    """
+    if loc not in _CORNERS:
+        raise ValueError(f"loc must be one of {sorted(_CORNERS)}, not {loc!r}")
+    x, y, ha, va = _CORNERS[loc]
+    offset = 2 if loc.startswith("upper") else 0
+    return ax.annotate(
+        text,
+        xy=(x, y),
+        xycoords="axes fraction",
+        xytext=(0, offset),
+        textcoords="offset points",
+        ha=ha,
+        va=va,
+        fontsize="x-small",
+        color=NOTE_COLOR,
+        gid="note",
+    )
+
+
+def percent_axis(ax, label: str = "test error (%)", *, lim: tuple[float, float] = (0, 100)):
+    """Label ``ax``'s y axis in percent and fix its range."""
+    ax.set_ylabel(label)
+    ax.set_ylim(*lim)
+    return ax
