@@ -1,0 +1,1 @@
+"""Experiments that turn models into tidy tables (``results.csv`` + ``meta.json``)."""
