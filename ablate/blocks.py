@@ -223,7 +223,8 @@ def _chain_cifar(model: CifarResNet) -> list[Block | Glue]:
                     conv = getattr(m, f"conv{j}")
                     bn = getattr(m, f"bn{j}")
                     idx = sum(isinstance(s, Block) for s in steps)
-                    steps.append(_plain(idx, f"{name}.conv{j}", stage, conv, bn, f"{name}.bn{j}", None))
+                    unit = _plain(idx, f"{name}.conv{j}", stage, conv, bn, f"{name}.bn{j}", None)
+                    steps.append(unit)
             else:
                 idx = sum(isinstance(s, Block) for s in steps)
                 steps.append(_own(idx, name, stage, m) if _is_own(m) else _tv_block(

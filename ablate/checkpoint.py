@@ -79,7 +79,8 @@ def save(model: nn.Module, path: str | Path, card: dict) -> Path:
     weights = stem.with_name(stem.name + ".safetensors")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(weights, lambda p: save_file(state, str(p)))
-    card = {"format": CARD_FORMAT, "name": stem.name, **card, "weights_sha256": sha256_file(weights)}
+    digest = sha256_file(weights)
+    card = {"format": CARD_FORMAT, "name": stem.name, **card, "weights_sha256": digest}
     write_json(stem.with_name(stem.name + ".json"), card)
     return weights
 
@@ -139,7 +140,8 @@ def _load_file(path: Path, model: str | None) -> Loaded:
         try:
             state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
-            raise UsageError(f"checkpoint {path} is not a readable safetensors file ({e})") from None
+            msg = f"checkpoint {path} is not a readable safetensors file ({e})"
+            raise UsageError(msg) from None
         arch = card.get("arch") or model
         if arch is None:
             raise UsageError(f"{path} has no card ({card_path.name}): name its model with --model")
@@ -160,7 +162,7 @@ def _load_file(path: Path, model: str | None) -> Loaded:
                       card)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad or unsafe file
+    except Exception as e:
         msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise UsageError(
             f"checkpoint {path} could not be read safely ({msg}); only tensor checkpoints "
@@ -196,7 +198,8 @@ def _build(arch: str, kwargs: dict, path: Path) -> nn.Module:
     try:
         return models.create(arch, **kwargs)
     except TypeError as e:
-        raise UsageError(f"the card of {path.name} has arguments {arch} does not take: {e}") from None
+        msg = f"the card of {path.name} has arguments {arch} does not take: {e}"
+        raise UsageError(msg) from None
 
 
 def _guess_arch(state: dict) -> str | None:
@@ -205,15 +208,11 @@ def _guess_arch(state: dict) -> str | None:
     if not blocks or "layer4.0.conv1.weight" in state:
         return None
     n = max(blocks) + 1
-    plain = not any(".shortcut." in k for k in state) and "layer1.0.bn1.weight" in state
-    preact = "bn.weight" in state and "bn1.weight" not in state
-    if preact:
+    if "bn.weight" in state and "bn1.weight" not in state:
         return f"preact_resnet{6 * n + 2}"
-    name = f"resnet{6 * n + 2}"
-    # Option-A ResNets have no shortcut parameters either; plain and ResNet keys coincide, so
-    # the guess prefers ResNet, and --model plainN says otherwise.
-    del plain
-    return name
+    # Option-A ResNets and plain nets have the same keys: the guess is the ResNet, and
+    # --model plainN says otherwise.
+    return f"resnet{6 * n + 2}"
 
 
 def _fit(net: nn.Module, state: dict, arch: str, path: Path) -> None:

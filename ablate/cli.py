@@ -26,7 +26,9 @@ class _ListModels(argparse.Action):
         parser.exit()
 
 
-def parser(description: str, default_models: Sequence[str] = ("resnet20",)) -> argparse.ArgumentParser:
+def parser(
+    description: str, default_models: Sequence[str] = ("resnet20",)
+) -> argparse.ArgumentParser:
     """An argument parser with the flags every analysis command takes."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -59,7 +61,8 @@ def load_models(args: argparse.Namespace, allow_init: bool = False) -> list[Load
         if names == ["resnet20"] or not names:  # the default: let checkpoints name themselves
             names = [None] * len(ckpts)
         else:
-            raise UsageError(f"{len(ckpts)} checkpoints for {len(names)} models: give one per model")
+            msg = f"{len(ckpts)} checkpoints for {len(names)} models: give one per model"
+            raise UsageError(msg)
     out = []
     for i, name in enumerate(names):
         ck = ckpts[i] if ckpts else None

@@ -161,7 +161,7 @@ def delete(model: nn.Module, indices: Iterable[int] | int) -> Iterator[nn.Module
     A plain unit that changes shape cannot be deleted and is refused.
     """
     idx = _indices(indices, len(blocks(model)))
-    with swapped(model, _gated(model, {i: 0.0 for i in idx})):
+    with swapped(model, _gated(model, dict.fromkeys(idx, 0.0))):
         yield model
 
 
@@ -179,7 +179,8 @@ def scale(
         factors = dict(enumerate(factors))
     for i in _indices(list(factors), len(bl)):
         if bl[i].kind != "residual":
-            raise UsageError(f"unit {i} ({bl[i].name}) is a plain unit: only residual branches scale")
+            msg = f"unit {i} ({bl[i].name}) is a plain unit: only residual branches scale"
+            raise UsageError(msg)
     with swapped(model, _gated(model, {i: float(f) for i, f in factors.items()})):
         yield model
 
@@ -241,7 +242,7 @@ def drop(
     bl = [b for b in bl if not (b.kind == "plain" and b.changes_shape)]
     ps = survival_list(survival, len(bl))
     gains = {b.index: _bernoulli_gate(p, mode, generator, rescale) for b, p in zip(bl, ps)}
-    with swapped(model, _gated(model, {i: g for i, g in gains.items()})):
+    with swapped(model, _gated(model, gains)):
         yield model
 
 
@@ -284,5 +285,6 @@ def reorder(model: nn.Module, permutation: Sequence[int]) -> Iterator[nn.Module]
                 f"block {src} ({b.name}) cannot move to position {pos} ({a.name}): shapes differ; "
                 "only blocks of one stage that keep the shape can be swapped"
             )
-    with swapped(model, {bl[pos].name: bl[src].module for pos, src in enumerate(perm) if pos != src}):
+    moves = {bl[pos].name: bl[src].module for pos, src in enumerate(perm) if pos != src}
+    with swapped(model, moves):
         yield model

@@ -18,7 +18,7 @@ __all__ = ["Table", "write_meta"]
 
 
 class Table:
-    """Rows in the CSV file ``path`` (None: in memory only); ``key`` names the identifying columns."""
+    """Rows in the CSV file ``path`` (None: in memory only); ``key`` names identifying columns."""
 
     def __init__(self, path: str | Path | None, key: Sequence[str]) -> None:
         self.path = Path(path) if path is not None else None

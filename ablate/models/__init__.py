@@ -68,7 +68,8 @@ def names() -> list[str]:
 
 
 def is_cifar(name: str) -> bool:
-    return name in _REGISTRY and not name.startswith("vgg") and name not in torchvision_models.RESNETS
+    tv = name.startswith("vgg") or name in torchvision_models.RESNETS
+    return name in _REGISTRY and not tv
 
 
 def check_name(name: str) -> str:

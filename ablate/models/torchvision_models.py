@@ -16,7 +16,7 @@ VGGS = tuple(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn"))
 
 
 def create(name: str, weights: str | None = None, num_classes: int | None = None) -> nn.Module:
-    """Build torchvision model ``name``; ``weights`` is a torchvision enum name like IMAGENET1K_V1."""
+    """Build torchvision model ``name``; ``weights`` names a torchvision enum like IMAGENET1K_V1."""
     builder = getattr(torchvision.models, name)
     kwargs = {}
     if num_classes is not None and weights is None:
