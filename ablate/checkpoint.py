@@ -118,6 +118,11 @@ def load(
         loaded = Loaded(net, model, model, None, None, "init", mean, std, None, {})
     else:
         models.check_name(model)
+        if not models.is_cifar(model):
+            raise UsageError(
+                f"no trained checkpoint chosen for {model} (a torchvision ImageNet model): pass "
+                "--weights IMAGENET1K_V1 (torchvision's pretrained weights) or --checkpoint PATH"
+            )
         have = ", ".join(bundled_names()) or "none yet"
         raise UsageError(
             f"no trained checkpoint is bundled for {model} (bundled: {have}): pass --checkpoint "
@@ -173,7 +178,8 @@ def _load_file(path: Path, model: str | None) -> Loaded:
         card = {k: _plain(v) for k, v in obj.items() if k != "state_dict"}
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         fmt, state, mean, std, card = "state_dict", obj, CIFAR10_MEAN, CIFAR10_STD, {}
-        print(f"note: {path.name} is a bare state dict; assuming CIFAR-10 normalisation",
+        assumed = "CIFAR-10" if model is None or models.is_cifar(model) else "ImageNet"
+        print(f"note: {path.name} is a bare state dict; assuming {assumed} normalisation",
               file=sys.stderr)
     else:
         raise UsageError(
@@ -184,7 +190,13 @@ def _load_file(path: Path, model: str | None) -> Loaded:
     arch = model or _guess_arch(state)
     if arch is None:
         raise UsageError(f"cannot tell which model {path.name} is: name it with --model")
-    net = _build(arch, {}, path)
+    kwargs = {}
+    if models.check_name(arch) and not models.is_cifar(arch):  # torchvision: size the head
+        head = state.get("fc.weight", state.get("classifier.6.weight"))
+        kwargs = {"num_classes": int(head.shape[0])} if head is not None else {}
+        if fmt == "state_dict":
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+    net = _build(arch, kwargs, path)
     _fit(net, state, arch, path)
     return Loaded(net, arch, arch, str(path), digest, fmt, mean, std, None, card)
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from torch import nn
 
 from . import checkpoint, data, models
 from .checkpoint import Loaded
@@ -39,9 +40,17 @@ def parser(
     p.add_argument("--weights", default=None,
                    help="torchvision pretrained weights for ImageNet models, e.g. IMAGENET1K_V1")
     p.add_argument("--data", default=None,
-                   help="data: a CIFAR directory or .tar.gz, an ImageFolder tree, 'cifar10' "
-                        "(torchvision download); default: the bundled cifar10-jpeg test split")
-    p.add_argument("--split", default="test", choices=data.SPLITS)
+                   help="data: a CIFAR directory or .tar.gz, an ImageFolder tree, one split "
+                        "folder of <class>/ images (e.g. imagenet/val), 'cifar10' (torchvision "
+                        "download); default: the bundled cifar10-jpeg test split")
+    p.add_argument("--split", default="test", choices=data.SPLITS,
+                   help="split of a tree or archive; a one-split folder is used whole")
+    p.add_argument("--resize", type=int, default=None, metavar="N",
+                   help="resize each image's shorter side to N (antialiased) when decoding; "
+                        "default 256 for ImageNet-trained torchvision models")
+    p.add_argument("--crop", type=int, default=None, metavar="N",
+                   help="then centre-crop N x N; default 224 for ImageNet-trained torchvision "
+                        "models")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="use the first N images")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per batch (default: 512 on a GPU, 128 on the CPU)")
@@ -63,6 +72,8 @@ def load_models(args: argparse.Namespace, allow_init: bool = False) -> list[Load
         else:
             msg = f"{len(ckpts)} checkpoints for {len(names)} models: give one per model"
             raise UsageError(msg)
+    if args.weights is not None:
+        _check_weights(args.weights, names, ckpts)
     out = []
     for i, name in enumerate(names):
         ck = ckpts[i] if ckpts else None
@@ -71,14 +82,78 @@ def load_models(args: argparse.Namespace, allow_init: bool = False) -> list[Load
     seen = [m.name for m in out]
     if len(set(seen)) != len(seen):
         raise UsageError(f"models repeat ({', '.join(seen)}): name each one once")
+    args._loaded_models = out  # so that load_data can check the data against them
     return out
 
 
-def load_data(args: argparse.Namespace) -> Dataset:
+def _check_weights(weights: str, names: Sequence[str | None], ckpts: Sequence[str]) -> None:
+    """--weights picks torchvision's ImageNet weights: not with --checkpoint, not for CIFAR nets."""
+    if ckpts:
+        raise UsageError(f"--weights {weights} and --checkpoint both give the weights: "
+                         "pass one of them")
+    for name in names:
+        if name is not None and (checkpoint.bundled(name) or models.is_cifar(name)):
+            raise UsageError(
+                f"--weights {weights} selects torchvision ImageNet weights, but {name} is a CIFAR "
+                "model: drop --weights (CIFAR models use a bundled or --checkpoint file), or pick "
+                "a torchvision model (resnet18 ... resnet152, vgg11 ... vgg19_bn)"
+            )
+
+
+# Class counts of the named sources, known without decoding them.
+_KNOWN_CLASSES = {None: ("cifar10-jpeg", 10), "bundled": ("cifar10-jpeg", 10),
+                  "cifar10": ("cifar10", 10), "cifar100": ("cifar100", 100)}
+
+
+def load_data(args: argparse.Namespace, loaded: Sequence[Loaded] | None = None) -> Dataset:
+    """Load ``--data``/``--split`` with ``--resize``/``--crop``, checked against the models.
+
+    ``loaded`` defaults to what ``load_models(args)`` returned. A torchvision model must have as
+    many outputs as the data has classes (a fresh one: at least as many); ImageNet-trained ones
+    (``--weights``, or 1000 outputs from a checkpoint) get the ImageNet evaluation preprocessing,
+    ``--resize 256 --crop 224``, unless ``--resize`` or ``--crop`` is given.
+    """
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be at least 1, not {args.limit}")
-    ds = data.load(args.data, args.split)
+    if loaded is None:
+        loaded = getattr(args, "_loaded_models", None) or []
+    resize, crop = getattr(args, "resize", None), getattr(args, "crop", None)
+    tv = [m for m in loaded if not models.is_cifar(m.arch)]
+    key = None if args.data is None else str(args.data)
+    if key in _KNOWN_CLASSES:  # fail before decoding (and resizing) data that cannot fit
+        name, n = _KNOWN_CLASSES[key]
+        for m in tv:
+            _check_classes(m, name, n, "32x32 images")
+    imagenet = any(m.format != "init" and _outputs(m.model) == 1000 for m in tv)
+    if resize is None and crop is None and (imagenet or getattr(args, "weights", None)):
+        resize, crop = 256, 224
+        print("data: ImageNet evaluation preprocessing: shorter side resized to 256, centre "
+              "crop 224 (set --resize/--crop to change it)", file=sys.stderr)
+    ds = data.load(args.data, args.split, resize=resize, crop=crop)
+    for m in tv:
+        size = "x".join(str(s) for s in ds.images.shape[2:])
+        _check_classes(m, ds.name, len(ds.classes), f"{size} images")
     return ds.subset(args.limit)
+
+
+def _outputs(model: nn.Module) -> int | None:
+    """The number of classes a classifier outputs: its last Linear layer's width."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
+
+
+def _check_classes(m: Loaded, data_name: str, n_classes: int, size: str) -> None:
+    out = _outputs(m.model)
+    if out is None or out == n_classes or (m.format == "init" and n_classes <= out):
+        return
+    trained = "ImageNet" if out == 1000 else f"{out}-class"
+    fix = ("pass --data PATH to an ImageNet-style folder with 1000 class folders (e.g. "
+           "imagenet/val)" if out == 1000 else
+           f"pass --data PATH to data with {out} classes")
+    raise UsageError(
+        f"{m.name} outputs {out} classes ({trained} head) but the data ({data_name}, {size}) has "
+        f"{n_classes} classes: {fix}, or a --checkpoint trained on this data"
+    )
 
 
 def batch_size(args: argparse.Namespace, loaded: Loaded) -> int:

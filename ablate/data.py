@@ -1,9 +1,11 @@
-"""CIFAR-10/100 in memory as one uint8 tensor: decode once, cache, then move to the device once.
+"""A data split in memory as one uint8 tensor: decode once, cache, then move to the device once.
 
-``load`` reads the bundled offline test split, torchvision's CIFAR, a python-batches folder, or an
-ImageFolder tree (a folder or a .tar/.tar.gz of one) and caches the decoded tensor, so a second
-run loads in well under a second. ``batches`` then yields normalized float batches without any
-per-image Python work.
+``load`` reads the bundled offline test split, torchvision's CIFAR, a python-batches folder, an
+ImageFolder tree (a folder or a .tar/.tar.gz of one), or a folder that is one split
+(``<class>/*.jpg``, e.g. ImageNet's ``val/``), and caches the decoded tensor, so a second run
+loads in well under a second. Images of different sizes (ImageNet) need ``resize``/``crop``: the
+standard evaluation preprocessing, done once at decode time. ``batches`` then yields normalized
+float batches without any per-image Python work.
 """
 
 from __future__ import annotations
@@ -66,8 +68,10 @@ _PICKLE_ERRORS = (
 )  # what a malformed pickle raises
 _FORMATS = (
     "'bundled', 'cifar10'/'cifar100' (torchvision), a CIFAR python-batches folder, "
-    "an ImageFolder tree (train|test/<class>/*.jpg|png), or a .tar.gz/.tgz/.tar of either"
+    "an ImageFolder tree (train|test/<class>/*.jpg|png) or a .tar.gz/.tgz/.tar of either, "
+    "or a folder that is one split (<class>/*.jpg|png, e.g. imagenet/val)"
 )
+_SIZE_FIX = "--resize 256 --crop 224 (the ImageNet evaluation preprocessing)"
 _BUNDLED_NOTE = (
     "data: using the bundled offline cifar10-jpeg test split (a JPEG q75 copy of the CIFAR-10 "
     "test set; numbers are not pristine-CIFAR numbers); pass --data PATH to use other data"
@@ -81,8 +85,8 @@ class Dataset:
     images: torch.Tensor
     labels: torch.Tensor
     classes: tuple[str, ...]
-    name: str  # "cifar10", "cifar100", "cifar10-jpeg" or "imagefolder"
-    split: str  # "train" | "test"
+    name: str  # "cifar10", "cifar100", "cifar10-jpeg", "imagenet" or "imagefolder"
+    split: str  # "train" | "test" (what was asked for; a one-split folder is taken as it)
     source: str  # a path, "bundled" or "torchvision"
 
     def __len__(self) -> int:
@@ -136,6 +140,8 @@ def load(
     cache_dir: str | os.PathLike | None = None,
     download: bool = False,
     quiet: bool = False,
+    resize: int | None = None,
+    crop: int | None = None,
 ) -> Dataset:
     """Load one split of a data set as uint8 tensors, decoding once and caching the result.
 
@@ -145,9 +151,23 @@ def load(
     "bundled", "cifar10" and "cifar100" win over same-named folders: write ./cifar10 for those.
     ImageFolder images are interleaved across classes (image 0 of every class, then image 1, ...),
     so the first n of a split are class-balanced for ``--limit``.
+
+    A folder whose subfolders hold the images directly (``<dir>/<class>/*.jpg|jpeg|png``, such as
+    ImageNet's ``val/`` sorted into its 1000 wnid folders) is one split: ``split`` is then not
+    looked up (the folder is taken as that split), and ``name`` is "imagenet" for 1000 classes.
+    This layout is read from folders only, not from archives.
+
+    ``resize``: resize every image so its shorter side is this long (bilinear, antialiased);
+    ``crop``: then take the centre ``crop`` x ``crop``. Both are done once per image at decode
+    time on uint8 tensors and are part of the cache key; ``resize=256, crop=224`` is the standard
+    ImageNet evaluation preprocessing. Images of mixed sizes need them (else a UsageError).
     """
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}")
+    for flag, v in (("--resize", resize), ("--crop", crop)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise UsageError(f"{flag} must be a positive number of pixels, got {v!r}")
+    tf = _Transform(resize, crop)
     cache = Path(cache_dir or os.environ.get("ABLATE_CACHE") or Path.home() / ".cache" / "ablate")
     if source is None or str(source) == "bundled":
         if split != "test":
@@ -157,26 +177,68 @@ def load(
             )
         if not quiet:
             print(_BUNDLED_NOTE, file=sys.stderr)
-        return _load_path(BUNDLED, split, cache, label="bundled", quiet=quiet)
+        return _load_path(BUNDLED, split, cache, label="bundled", quiet=quiet, tf=tf)
     if str(source) in ("cifar10", "cifar100"):
-        return _load_torchvision(str(source), split, cache, download)
+        return _load_torchvision(str(source), split, cache, download, tf)
     path = Path(source).expanduser()
     if not path.exists():
         raise UsageError(f"data path {str(path)!r} does not exist; pass --data PATH to {_FORMATS}")
-    return _load_path(path.resolve(), split, cache, label=str(path.resolve()), quiet=quiet)
+    return _load_path(path.resolve(), split, cache, label=str(path.resolve()), quiet=quiet, tf=tf)
+
+
+@dataclass(frozen=True)
+class _Transform:
+    """Shorter side to ``resize`` (antialiased bilinear), then the centre ``crop`` x ``crop``."""
+
+    resize: int | None = None
+    crop: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.resize is not None or self.crop is not None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [..., 3, H, W] -> uint8 [..., 3, H', W'] (unchanged when nothing was asked)."""
+        if not self:
+            return images
+        from torchvision.transforms.v2 import functional as F
+
+        if self.resize is not None:
+            images = F.resize(images, [self.resize], antialias=True)
+        if self.crop is not None:
+            images = F.center_crop(images, [self.crop])
+        return images
+
+    def batched(self, images: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+        """The transform of a whole [N, 3, H, W] split, a chunk at a time into one tensor."""
+        if not self or len(images) == 0:
+            return images
+        first = self(images[:chunk])
+        out = torch.empty((len(images), *first.shape[1:]), dtype=torch.uint8)
+        out[: len(first)] = first
+        for i in range(chunk, len(images), chunk):
+            out[i : i + chunk] = self(images[i : i + chunk])
+        return out
+
+    @property
+    def tag(self) -> str:
+        """``""``, or e.g. ``-r256-c224`` for cache file names."""
+        r = f"-r{self.resize}" if self.resize is not None else ""
+        return r + (f"-c{self.crop}" if self.crop is not None else "")
 
 
 # --- cache ---------------------------------------------------------------------------------------
 
 
-def _load_path(path: Path, split: str, cache: Path, *, label: str, quiet: bool) -> Dataset:
+def _load_path(
+    path: Path, split: str, cache: Path, *, label: str, quiet: bool, tf: _Transform = _Transform()
+) -> Dataset:
     """Return the cached decode of ``path``/``split`` if valid, else decode it and cache it."""
-    key = _cache_key(path, split)
+    key = _cache_key(path, split, tf)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name)[:60]
-    cache_file = cache / "data" / f"{stem}-{split}-{key[:24]}.pt"
+    cache_file = cache / "data" / f"{stem}-{split}{tf.tag}-{key[:24]}.pt"
     obj = _read_cache(cache_file)
     if obj is None:
-        obj = _decode(path, split)
+        obj = _decode(path, split, tf)
         try:
             atomic_write(cache_file, lambda p: torch.save(obj, p))
         except OSError as e:
@@ -192,15 +254,19 @@ def _load_path(path: Path, split: str, cache: Path, *, label: str, quiet: bool) 
     )
 
 
-def _cache_key(path: Path, split: str) -> str:
-    """Hash of (path, size, mtime_ns, split); a folder hashes the stats of the files it uses."""
+def _cache_key(path: Path, split: str, tf: _Transform = _Transform()) -> str:
+    """Hash of (path, size, mtime_ns, split[, resize, crop]); a folder hashes its files' stats."""
     if path.is_dir():
         files, dirs = _walk(path)
-        stats = [(f, *_stat(os.path.join(path, f))) for f in sorted(files) if _wanted(f, split)]
+        used = [f for f in sorted(files) if _wanted(f, split) or _split_image(f)]
+        stats = [(f, *_stat(os.path.join(path, f))) for f in used]
         stats += sorted(dirs)
     else:
         stats = [("", *_stat(path))]
-    blob = json.dumps([_CACHE_VERSION, str(path), split, stats])
+    parts = [_CACHE_VERSION, str(path), split, stats]
+    if tf:  # without resize/crop the key is what it always was: existing caches stay valid
+        parts.append([tf.resize, tf.crop])
+    blob = json.dumps(parts)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -244,31 +310,33 @@ def _read_cache(cache_file: Path) -> dict | None:
 # --- decoding ------------------------------------------------------------------------------------
 
 
-def _decode(path: Path, split: str) -> dict:
+def _decode(path: Path, split: str, tf: _Transform = _Transform()) -> dict:
     """Decode ``split`` of a folder or archive into {"images", "labels", "classes", "name"}."""
     if path.is_dir():
         files, dirs = _walk(path)
-        return _from_listing(path, split, files, dirs, lambda n: (path / n).read_bytes())
+        return _from_listing(
+            path, split, files, dirs, lambda n: (path / n).read_bytes(), tf, folder=True
+        )
     if not path.name.lower().endswith((".tar.gz", ".tgz", ".tar")):
         raise UsageError(
             f"{str(path)!r} is not a recognised data set; pass --data PATH to {_FORMATS}"
         )
     names, dirs, blobs = set(), set(), {}
     try:
-        with tarfile.open(path, "r:*") as tf:
-            for m in tf:  # one sequential pass, keeping only the bytes this split may need
+        with tarfile.open(path, "r:*") as archive:
+            for m in archive:  # one sequential pass, keeping only the bytes this split may need
                 name = posixpath.normpath(m.name.lstrip("/"))
                 if m.isdir():
                     dirs.add(name)
                 elif m.isfile() and not posixpath.basename(name).startswith("."):
                     names.add(name)
                     if _wanted(name, split):
-                        blobs[name] = tf.extractfile(m).read()
+                        blobs[name] = archive.extractfile(m).read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise UsageError(
             f"cannot read archive {str(path)!r} ({_oneline(e)}); re-download or re-create it"
         ) from None
-    return _from_listing(path, split, names, dirs, blobs.__getitem__)
+    return _from_listing(path, split, names, dirs, blobs.__getitem__, tf)
 
 
 def _wanted(name: str, split: str) -> bool:
@@ -279,14 +347,31 @@ def _wanted(name: str, split: str) -> bool:
     return len(parts) <= 2 and _batch_file(parts[-1], split)
 
 
+def _split_image(name: str) -> bool:
+    """Whether ``name`` is ``<class>/<image>``: an image of a folder that is one split."""
+    return name.count("/") == 1 and name.lower().endswith(IMAGE_EXTS)
+
+
 def _batch_file(base: str, split: str) -> bool:
     if base in ("batches.meta", "meta", split):
         return True
     return base == "test_batch" if split == "test" else base.startswith("data_batch_")
 
 
-def _from_listing(root: Path, split: str, files: set[str], dirs: set[str], read) -> dict:
-    """Find the layout among relative ``files``/``dirs`` (top level first) and decode ``split``."""
+def _from_listing(
+    root: Path,
+    split: str,
+    files: set[str],
+    dirs: set[str],
+    read,
+    tf: _Transform = _Transform(),
+    *,
+    folder: bool = False,
+) -> dict:
+    """Find the layout among relative ``files``/``dirs`` (top level first) and decode ``split``.
+
+    ``folder``: ``root`` is a folder, so it may also be one split (``<class>/*.jpg``).
+    """
     dirs = set(dirs)
     for f in files | dirs:  # archives need not list every parent folder as a member
         while "/" in f:
@@ -295,13 +380,26 @@ def _from_listing(root: Path, split: str, files: set[str], dirs: set[str], read)
     prefixes = sorted({""} | {f.split("/")[0] + "/" for f in files | dirs if "/" in f})
     for prefix in prefixes:  # "" (top level) sorts first
         if f"{prefix}batches.meta" in files or f"{prefix}meta" in files:
-            return _python_batches(root, prefix, split, files, read)
+            return _python_batches(root, prefix, split, files, read, tf)
         if any(f"{prefix}{s}" in dirs for s in SPLITS):
-            return _image_folder(root, prefix, split, files, dirs, read)
+            return _image_folder(root, prefix, split, files, dirs, read, tf)
+    if folder and any(_split_image(f) for f in files):
+        classes = sorted(d for d in dirs if "/" not in d)
+        return _image_split(root, "", classes, files, read, tf)
+    nested = sorted(
+        {f.split("/")[0] for f in files if f.count("/") == 2 and f.lower().endswith(IMAGE_EXTS)}
+    )
+    if folder and nested:  # e.g. --data imagenet holding only val/<class>/*.JPEG
+        raise UsageError(
+            f"{str(root)!r} is not a recognised data set: pass --data "
+            f"{str(root / nested[0])!r} (a folder of <class>/ image folders), or see --help"
+        )
     raise UsageError(f"{str(root)!r} is not a recognised data set; pass --data PATH to {_FORMATS}")
 
 
-def _python_batches(root: Path, prefix: str, split: str, files: set[str], read) -> dict:
+def _python_batches(
+    root: Path, prefix: str, split: str, files: set[str], read, tf: _Transform
+) -> dict:
     """CIFAR-10 (data_batch_1..5, test_batch) or CIFAR-100 (train, test) pickled numpy batches."""
     c100 = f"{prefix}meta" in files and f"{prefix}batches.meta" not in files
     if c100:
@@ -338,6 +436,7 @@ def _python_batches(root: Path, prefix: str, split: str, files: set[str], read) 
     if len(images_t) != len(labels_t) or bad:
         raise UsageError(f"corrupt CIFAR batch file in {str(root)!r}; re-download the data set")
     name = "cifar100" if c100 else "cifar10"
+    images_t = tf.batched(images_t)
     return {"images": images_t, "labels": labels_t, "classes": classes, "name": name}
 
 
@@ -347,22 +446,32 @@ def _unpickle(blob: bytes) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
 
 
-def _image_folder(root: Path, prefix: str, split: str, files, dirs, read) -> dict:
+def _image_folder(root: Path, prefix: str, split: str, files, dirs, read, tf: _Transform) -> dict:
     """ImageFolder: classes are the sorted class folders of train/ and test/ together."""
     split_dirs = (f"{prefix}train", f"{prefix}test")
     classes = sorted({d.rsplit("/", 1)[-1] for d in dirs if posixpath.dirname(d) in split_dirs})
     classes = [c for c in classes if not c.startswith(".")]
     if f"{prefix}{split}" not in dirs:
-        raise UsageError(
-            f"split {split!r} is missing from {str(root)!r}; pass --data PATH to a copy that has it"
+        other = [d for d in ("val", "validation") if f"{prefix}{d}" in dirs]
+        fix = (
+            f"pass --data {str(root / prefix / other[0])!r} to use that one split folder"
+            if other and root.is_dir()
+            else "pass --data PATH to a copy that has it"
         )
+        raise UsageError(f"split {split!r} is missing from {str(root)!r}; {fix}")
     if not classes:
         raise UsageError(
             f"{str(root)!r} has {prefix}{split}/ but no class folders in it; "
             f"lay it out as {split}/<class>/*.jpg|png"
         )
+    return _image_split(root, f"{prefix}{split}/", classes, files, read, tf, shown=f"{split}/")
+
+
+def _image_split(
+    root: Path, head: str, classes: list[str], files, read, tf: _Transform, shown: str = ""
+) -> dict:
+    """Decode the images ``head<class>/<image>`` of ``classes``; ``shown`` prefixes messages."""
     by_class: dict[str, list[str]] = {c: [] for c in classes}
-    head = f"{prefix}{split}/"
     for f in files:
         parts = f[len(head) :].split("/")
         if f.startswith(head) and len(parts) == 2 and f.lower().endswith(IMAGE_EXTS):
@@ -370,7 +479,7 @@ def _image_folder(root: Path, prefix: str, split: str, files, dirs, read) -> dic
     for c, members in by_class.items():
         if not members:
             raise UsageError(
-                f"class folder {split}/{c} in {str(root)!r} has no .jpg/.png images; "
+                f"class folder {shown}{c} in {str(root)!r} has no .jpg/.png images; "
                 "add images or remove the folder"
             )
     per_class = [sorted(by_class[c]) for c in classes]
@@ -380,48 +489,64 @@ def _image_folder(root: Path, prefix: str, split: str, files, dirs, read) -> dic
         for label, members in enumerate(per_class)
         if i < len(members)
     ]
-    images = _decode_images([(n, read(n)) for n, _ in order], root)
-    first = images[0].shape
-    for img, (n, _) in zip(images, order, strict=True):
-        if img.shape != first:
-            raise UsageError(
-                f"images of mixed sizes in {str(root)!r}: {n} is {tuple(img.shape[1:])}, "
-                f"{order[0][0]} is {tuple(first[1:])}; resize them all to one size"
-            )
+    images, sizes = _decode_images([n for n, _ in order], read, root, tf)
     jpeg = any(n.lower().endswith(JPEG_EXTS) for n, _ in order)
-    square = tuple(first[1:]) == (32, 32)
+    square = sizes == {(32, 32)}  # as stored, before any resize/crop
     if "cifar10-jpeg" in root.name.lower():
         name = "cifar10-jpeg"
     elif square and tuple(classes) == CIFAR10_CLASSES:
         name = "cifar10-jpeg" if jpeg else "cifar10"
     elif square and len(classes) == 100:
         name = "cifar100"
+    elif len(classes) == 1000:
+        name = "imagenet"
     else:
         name = "imagefolder"
     labels = torch.tensor([label for _, label in order], dtype=torch.int64)
-    return {"images": torch.stack(images), "labels": labels, "classes": classes, "name": name}
+    return {"images": images, "labels": labels, "classes": classes, "name": name}
 
 
-def _decode_images(blobs: list[tuple[str, bytes]], root: Path) -> list[torch.Tensor]:
-    """(member, JPEG/PNG bytes) -> uint8 [3, H, W] RGB each (grey or RGBA becomes RGB)."""
+def _decode_images(
+    members: list[str], read, root: Path, tf: _Transform = _Transform()
+) -> tuple[torch.Tensor, set[tuple[int, int]]]:
+    """JPEG/PNG members -> uint8 [N, 3, H, W] RGB (grey, CMYK or RGBA become RGB), and the set of
+    stored (H, W) sizes. Each image is read, decoded and resized/cropped before the next, into one
+    preallocated tensor, so memory holds the result and one image (ImageNet val: 50000 JPEGs)."""
     from torchvision.io import ImageReadMode, decode_image
 
-    out = []
+    out: torch.Tensor | None = None
+    sizes: set[tuple[int, int]] = set()
     with warnings.catch_warnings():  # torchvision 0.29 warns on every call that io is deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
-        for member, data in blobs:
+        for i, member in enumerate(members):
             try:
-                buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-                out.append(decode_image(buf, ImageReadMode.RGB))
+                buf = torch.frombuffer(bytearray(read(member)), dtype=torch.uint8)
+                img = decode_image(buf, ImageReadMode.RGB)
             except (RuntimeError, ValueError) as e:  # an undecodable image is a user error
                 raise UsageError(
                     f"cannot decode image {member} in {str(root)!r} ({_oneline(e)}); "
                     "replace or remove it"
                 ) from None
-    return out
+            sizes.add((int(img.shape[-2]), int(img.shape[-1])))
+            img = tf(img)
+            if out is None:
+                out = torch.empty((len(members), *img.shape), dtype=torch.uint8)
+            elif img.shape != out.shape[1:]:
+                after = " after resize/crop" if tf else ""
+                fix = f"add --crop N (e.g. {_SIZE_FIX})" if tf else f"pass {_SIZE_FIX}"
+                raise UsageError(
+                    f"images of mixed sizes in {str(root)!r}{after}: {member} is "
+                    f"{tuple(img.shape[1:])}, {members[0]} is {tuple(out.shape[2:])}; {fix}, "
+                    "or resize them all to one size"
+                )
+            out[i] = img
+    assert out is not None  # callers pass at least one member
+    return out, sizes
 
 
-def _load_torchvision(name: str, split: str, cache: Path, download: bool) -> Dataset:
+def _load_torchvision(
+    name: str, split: str, cache: Path, download: bool, tf: _Transform = _Transform()
+) -> Dataset:
     """torchvision's CIFAR10/100 under ``cache``, taking ``.data``/``.targets`` as whole arrays."""
     from torchvision import datasets
 
@@ -435,7 +560,7 @@ def _load_torchvision(name: str, split: str, cache: Path, download: bool) -> Dat
             "pass --download with internet, or --data PATH to a local copy such as "
             "a cifar10-jpeg.tar.gz"
         ) from None
-    images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+    images = tf.batched(torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))))
     labels = torch.as_tensor(np.asarray(ds.targets, dtype=np.int64))
     classes = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in ds.classes)
     return Dataset(images, labels, classes, name, split, "torchvision")

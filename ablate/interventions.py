@@ -22,7 +22,10 @@ from torch import Tensor, nn
 from .blocks import Block, blocks, get_module, set_module
 from .errors import UsageError
 
-__all__ = ["delete", "reorder", "scale", "drop", "linear", "Linear", "swapped"]
+__all__ = [
+    "delete", "reorder", "scale", "drop", "linear", "Linear", "swapped", "check_order",
+    "check_gain",
+]
 
 Gain = float | Callable[[Tensor], Tensor | float]
 
@@ -39,6 +42,7 @@ class _Gated(nn.Module):
     def __init__(self, inner: nn.Module, block: Block, gain: Gain) -> None:
         super().__init__()
         self.inner = inner
+        self.training = inner.training
         self.changes_shape = block.changes_shape
         self._block = block
         self._gain = gain
@@ -81,6 +85,7 @@ class _PlainGate(nn.Module):
     def __init__(self, inner: nn.Module, bn: nn.Module | None, gain: Gain) -> None:
         super().__init__()
         self.inner = inner
+        self.training = inner.training
         self.bn = bn if bn is not None else nn.Identity()
         self._gain = gain
 
@@ -131,16 +136,13 @@ def _indices(indices: Iterable[int] | int, n: int, what: str = "block") -> list[
 def _gate_replacements(model: nn.Module, b: Block, gain: Gain) -> dict[str, nn.Module]:
     if b.kind == "residual":
         return {b.name: _Gated(b.module, b, gain)}
-    if b.changes_shape:
-        raise UsageError(
-            f"unit {b.index} ({b.name}) changes the feature shape and cannot be deleted from a "
-            "plain net (nothing could carry its input on); choose a shape-preserving unit"
-        )
+    check_gain(b, 0.0)
     out: dict[str, nn.Module] = {}
     bn = get_module(model, b.bn) if b.bn else None
     out[b.name] = _PlainGate(b.module, bn, gain)
     if b.bn:
         out[b.bn] = nn.Identity()
+        out[b.bn].training = bn.training
     return out
 
 
@@ -272,6 +274,14 @@ def reorder(model: nn.Module, permutation: Sequence[int]) -> Iterator[nn.Module]
     """
     bl = blocks(model)
     perm = list(permutation)
+    check_order(bl, perm)
+    moves = {bl[pos].name: bl[src].module for pos, src in enumerate(perm) if pos != src}
+    with swapped(model, moves):
+        yield model
+
+
+def check_order(bl: Sequence[Block], perm: Sequence[int]) -> None:
+    """Refuse an order that is not a permutation or moves a unit where its shape does not fit."""
     if sorted(perm) != list(range(len(bl))):
         raise UsageError(f"the order must be a permutation of 0..{len(bl) - 1}")
     for pos, src in enumerate(perm):
@@ -285,6 +295,16 @@ def reorder(model: nn.Module, permutation: Sequence[int]) -> Iterator[nn.Module]
                 f"block {src} ({b.name}) cannot move to position {pos} ({a.name}): shapes differ; "
                 "only blocks of one stage that keep the shape can be swapped"
             )
-    moves = {bl[pos].name: bl[src].module for pos, src in enumerate(perm) if pos != src}
-    with swapped(model, moves):
-        yield model
+
+
+def check_gain(b: Block, gain: float) -> None:
+    """Refuse a gain a unit cannot take: plain units are kept (1) or deleted (0) if shape allows."""
+    if b.kind != "plain":
+        return
+    if gain not in (0.0, 1.0):
+        raise UsageError(f"unit {b.index} ({b.name}) is a plain unit: only residual branches scale")
+    if gain == 0.0 and b.changes_shape:
+        raise UsageError(
+            f"unit {b.index} ({b.name}) changes the feature shape and cannot be deleted from a "
+            "plain net (nothing could carry its input on); choose a shape-preserving unit"
+        )

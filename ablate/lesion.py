@@ -21,10 +21,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .blocks import Block, Glue, chain
-from .interventions import _gated, reorder, swapped
+from .errors import UsageError
+from .interventions import _gated, check_gain, check_order, reorder, swapped
 from .measures import Outcome, evaluate, outcome
 
-__all__ = ["Variant", "applied", "forward_variants", "evaluate_variants", "evaluate_naive"]
+__all__ = [
+    "Variant", "applied", "validate", "forward_variants", "evaluate_variants", "evaluate_naive",
+]
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,17 @@ class Variant:
         return min(changed) if changed else None
 
 
+def validate(variant: Variant, units: Sequence[Block]) -> None:
+    """Refuse what the interventions would refuse: bad positions, gains or orders."""
+    n = len(units)
+    for p, g in variant.gains:
+        if not 0 <= p < n:
+            raise UsageError(f"unit {p} is out of range: this model has units 0..{n - 1}")
+        check_gain(units[p], g)
+    if variant.order is not None:
+        check_order(units, variant.order)
+
+
 @contextmanager
 def applied(model: nn.Module, variant: Variant) -> Iterator[nn.Module]:
     """Apply a variant with the interventions themselves (reorder, then gains by position)."""
@@ -82,6 +96,8 @@ def forward_variants(model: nn.Module, x: Tensor, variants: Sequence[Variant]) -
     """Logits of every variant on batch ``x`` (a list of [B, classes] tensors, in order)."""
     steps = chain(model)
     units = [s for s in steps if isinstance(s, Block)]
+    for var in variants:
+        validate(var, units)
     starts: dict[int, list[int]] = {}
     for v, var in enumerate(variants):
         d = var.first_change()
@@ -96,8 +112,8 @@ def forward_variants(model: nn.Module, x: Tensor, variants: Sequence[Variant]) -
     for step in steps:
         if isinstance(step, Glue):
             h = step(h)
-            if act is not None:
-                act = step(act)
+            if act is not None:  # stream by stream: a batched matmul's bits depend on its rows
+                act = torch.cat([step(c) for c in act.split(b)])
             continue
         p = unit_pos
         unit_pos += 1

@@ -117,7 +117,10 @@ def wilson_interval(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # Rounding can push a bound past k/n at k = 0 or k = n; the interval always holds k/n.
+    lo = 0.0 if k == 0 else min(p, max(0.0, centre - half))
+    hi = 1.0 if k == n else max(p, min(1.0, centre + half))
+    return (lo, hi)
 
 
 def mean_interval(values: np.ndarray, conf: float = 0.95) -> tuple[float, float, float]:
