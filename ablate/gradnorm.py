@@ -1,0 +1,97 @@
+"""python -m ablate.gradnorm: gradient norms through depth, ResNet vs plain, init vs trained.
+
+    python -m ablate.gradnorm --model resnet110 plain110 --states init trained \\
+        --checkpoint resnet110.safetensors plain110.safetensors
+
+For every unit: the norm of the loss gradient at its input (per image) and of its parameters
+(per batch of --batch-size, default 128 as in training), averaged over --limit images (default
+1024 on a GPU, 256 on the CPU). ``init`` re-creates each architecture with fresh, seeded
+initialisation; ``trained`` uses the checkpoint. Writes ``results.csv`` (rerunning reuses the
+(model, state) rows), ``meta.json`` and ``gradnorm.pdf/.png``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from analyses import gradnorm as analysis
+from analyses.context import data_meta
+from analyses.table import Table, write_meta
+
+from . import cli
+from .errors import UsageError, cli_main
+from .provenance import environment
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    p = cli.parser(__doc__.splitlines()[0], default_models=("resnet20", "plain20"))
+    p.add_argument("--states", nargs="+", default=None, metavar="STATE",
+                   help="init and/or trained (default: trained where a checkpoint is given, "
+                        "else init)")
+    p.add_argument("--init", action="store_true", help="shorthand for --states init")
+    p.add_argument("--bn", default="eval", choices=("eval", "train"),
+                   help="BN with running statistics (eval) or batch statistics (train)")
+    args = p.parse_args(argv)
+    if args.init and args.states:
+        raise UsageError("give either --init or --states, not both")
+    states = ["init"] if args.init else args.states
+    for s in states or []:
+        if s not in analysis.STATES:
+            raise UsageError(f"unknown state {s!r}: use --states init and/or trained")
+    loaded = cli.load_models(args, allow_init=True)
+    if args.limit is None:
+        args.limit = 1024 if next(loaded[0].model.parameters()).is_cuda else 256
+    ds = cli.load_data(args)
+    out = cli.default_out("gradnorm", loaded) if args.out is None else Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = Table(out / "results.csv", analysis.KEY)
+    timer = cli.Timer()
+    bs = args.batch_size or 128
+    if bs < 1:
+        raise UsageError(f"--batch-size must be at least 1, not {bs}")
+    frames = []
+    for m in loaded:
+        own = tuple(states) if states else (("init",) if m.format == "init" else ("trained",))
+        frames.append(analysis.run(m, ds, states=tuple(dict.fromkeys(own)), bn=args.bn,
+                                   seed=args.seed, table=table, batch_size=bs))
+    df = pd.concat(frames, ignore_index=True)
+    meta = {
+        "analysis": "gradnorm", "paper": "Huang et al. 2016; He et al. 2015 (vanishing gradients)",
+        "method": "activation: mean over images of the L2 norm of d(summed cross-entropy)/d(unit "
+                  "input); parameters: mean over batches of the L2 norm of the batch-mean loss's "
+                  "gradient over the unit's parameters",
+        "bn": args.bn, "batch_size": bs, "init_seed": args.seed,
+        "models": [m.provenance() for m in loaded], "data": data_meta(ds, args.limit),
+        "seed": args.seed, "wall_seconds": timer.seconds,
+        **environment(next(loaded[0].model.parameters()).device),
+    }
+    write_meta(out / "meta.json", meta)
+    if not args.no_figure:
+        from figures import gradnorm as fig
+        from figures.theme import save
+
+        note = f"{ds.name}, {len(ds)} images, BN {args.bn}"
+        files = save(fig.plot(df, note=note), out / "gradnorm")
+        print("figure:", *files, file=sys.stderr)
+    _summary(df)
+    print(f"results: {out / 'results.csv'}", file=sys.stderr)
+    return 0
+
+
+def _summary(df: pd.DataFrame) -> None:
+    act = df[df["kind"] == "activation"]
+    for (model, state), d in act.groupby(["model", "state"], sort=False):
+        d = d.sort_values("unit")
+        first, last = d["grad_norm"].iloc[0], d["grad_norm"].iloc[-1]
+        ratio = first / last if last > 0 else float("inf")
+        print(f"{model} {state}: activation gradient {first:.3g} at the first unit, "
+              f"{last:.3g} at the last ({ratio:.3g}x)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

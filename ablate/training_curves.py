@@ -1,0 +1,74 @@
+"""python -m ablate.training_curves: gradient and error per epoch from training logs (Huang et al.
+2016, Fig. 7).
+
+    python -m ablate.training_curves runs/resnet110.log.csv runs/resnet110-sd.log.csv --out DIR
+
+Reads the trainer's per-epoch logs (``NAME.log.csv``, or a run folder's ``log.csv``; a ``NAME.json``
+card beside a log tells constant from stochastic depth) and writes ``results.csv`` (model, family,
+epoch, metric, value), ``meta.json`` and ``training_curves.pdf/.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from analyses import training_curves as analysis
+from analyses.table import write_meta
+
+from . import cli
+from .errors import cli_main
+from .provenance import environment
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("logs", nargs="+", type=Path, metavar="LOG.csv", help="trainer logs")
+    p.add_argument("--names", nargs="+", default=None, help="a display name per log")
+    p.add_argument("--out", default="runs/training_curves", help="output folder")
+    p.add_argument("--note", default=None, help="caption on the figure")
+    p.add_argument("--no-figure", action="store_true", help="write the table only")
+    args = p.parse_args(argv)
+    timer = cli.Timer()
+    df = analysis.read_logs(args.logs, args.names)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "results.csv", index=False)
+    models = df.drop_duplicates("model")
+    meta = {
+        "analysis": "training_curves", "paper": "Huang et al. 2016, Fig. 7",
+        "logs": [{"model": m, "family": f, "log": s}
+                 for m, f, s in models[["model", "family", "source"]].itertuples(index=False)],
+        "lr_drop_epochs": analysis.lr_drops(df), "wall_seconds": timer.seconds,
+        **environment("cpu"),
+    }
+    write_meta(out / "meta.json", meta)
+    if not args.no_figure:
+        from figures import training_curves as fig
+        from figures.theme import save
+
+        files = save(fig.plot(df, note=args.note), out / "training_curves")
+        print("figure:", *files, file=sys.stderr)
+    _summary(df)
+    print(f"results: {out / 'results.csv'}", file=sys.stderr)
+    return 0
+
+
+def _summary(df: pd.DataFrame) -> None:
+    for model, d in df.groupby("model", sort=False):
+        err = d[d["metric"] == "test_error"].sort_values("epoch")["value"]
+        g = d[d["metric"] == analysis.FIRST_CONV]["value"]
+        epochs = int(d["epoch"].max())
+        best = f"best test error {err.min():.2%}" if not err.empty else "no test error"
+        grad = f", mean |grad| of the first block's conv1 {g.mean():.3g}" if not g.empty else ""
+        print(f"{model}: {epochs} epochs, {best}{grad}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Attribution vs lesion: does a block that captum calls important hurt when it is deleted?
+
+Per block, a captum layer attribution of the true class's logit (``target`` = the label) to the
+block's output (``layer="block"``; plain units: the output of their BN, before the functional
+ReLU) or to its residual branch's output (``layer="branch"``: what deleting the block removes).
+Aggregates over the attribution tensor A_i of image i, each averaged over images:
+
+- ``attr_abs`` = sum |A_i| (how much attribution passes through the layer, either sign);
+- ``attr_signed`` = |sum A_i| (net attribution). For conductance and integrated gradients on a
+  layer that every path crosses (a block's output) this is about |f(x) - f(baseline)| for every
+  block (completeness), so it ranks nothing there; it is informative for gradient x activation
+  and for branches.
+
+Baselines (conductance, integrated gradients): ``mean`` = zeros in normalised space, i.e. the
+data set's mean colour; ``black`` = the all-black image, normalised. Lesion damage comes from
+:func:`analyses.single_block.run` (error and loss change when the block is deleted); Spearman's
+rank correlation between the two is computed per model and method.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ablate.blocks import Block, blocks, get_module
+from ablate.checkpoint import Loaded
+from ablate.data import Dataset, normalize
+from ablate.errors import UsageError
+from ablate.measures import mean_interval
+
+from . import single_block
+from .context import condition
+from .table import Table
+
+__all__ = [
+    "BASELINES", "KEY", "LAYERS", "METHODS", "aggregate", "attribute", "attribution_layer",
+    "baseline_input", "correlations", "run", "spearman",
+]
+
+METHODS = ("conductance", "gradient_x_activation", "integrated_gradients")
+LAYERS = ("block", "branch")
+BASELINES = ("mean", "black")
+KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "method", "layer",
+       "n_steps", "baseline", "block")
+_BRANCH_END = ("bn3", "bn2", "conv2")  # last module of a residual branch (torchvision / ours)
+
+
+def check(method: str, layer: str = "block", baseline: str = "mean") -> None:
+    if method not in METHODS:
+        raise UsageError(f"unknown --method {method!r}: use one of {', '.join(METHODS)}")
+    if layer not in LAYERS:
+        raise UsageError(f"unknown --layer {layer!r}: use block or branch")
+    if baseline not in BASELINES:
+        raise UsageError(f"unknown --baseline {baseline!r}: use mean or black")
+
+
+def attribution_layer(model: nn.Module, unit: Block, layer: str = "block") -> nn.Module:
+    """The module whose output is attributed for ``unit`` (see the module docstring)."""
+    if unit.kind == "plain":
+        return get_module(model, unit.bn) if unit.bn else unit.module
+    if layer == "block":
+        return unit.module
+    for name in _BRANCH_END:
+        m = getattr(unit.module, name, None)
+        if isinstance(m, nn.Module):
+            return m
+    raise UsageError(f"cannot find the end of the residual branch of {unit.name}: use --layer "
+                     "block")
+
+
+def baseline_input(kind: str, mean: Sequence[float], std: Sequence[float], like: Tensor) -> Tensor:
+    """The baseline image in normalised space, shaped like ``like``."""
+    if kind == "mean":
+        return torch.zeros_like(like)
+    m = torch.tensor(list(mean), dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+    s = torch.tensor(list(std), dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+    return ((0.0 - m) / s).expand_as(like).contiguous()
+
+
+def attribute(
+    model: nn.Module, layers: Sequence[nn.Module], x: Tensor, y: Tensor, method: str, *,
+    baseline: Tensor | None = None, n_steps: int = 16, internal_batch_size: int | None = None,
+) -> list[Tensor]:
+    """captum layer attributions of the logit of class ``y`` to each layer's output."""
+    from captum.attr import LayerConductance, LayerGradientXActivation, LayerIntegratedGradients
+
+    check(method)
+    model.eval()
+    if method == "gradient_x_activation":
+        out = LayerGradientXActivation(model, list(layers)).attribute(x, target=y)
+        return [o.detach() for o in ([out] if isinstance(out, Tensor) else out)]
+    cls = LayerConductance if method == "conductance" else LayerIntegratedGradients
+    base = torch.zeros_like(x) if baseline is None else baseline
+    return [
+        cls(model, layer).attribute(x, baselines=base, target=y, n_steps=n_steps,
+                                    internal_batch_size=internal_batch_size).detach()
+        for layer in layers
+    ]
+
+
+def aggregate(attr: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: (|sum of attributions|, sum of |attributions|), in float64."""
+    a = attr.detach().double().flatten(1)
+    return a.sum(1).abs().cpu().numpy(), a.abs().sum(1).cpu().numpy()
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Spearman's rho and its two-sided p-value; NaN when either side is constant or short."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        return (float("nan"), float("nan"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = stats.spearmanr(a[ok], b[ok])
+    return (float(r.statistic), float(r.pvalue))
+
+
+def run(
+    loaded: Loaded,
+    ds: Dataset,
+    *,
+    method: str = "conductance",
+    layer: str = "block",
+    n_steps: int = 16,
+    baseline: str = "mean",
+    table: Table | None = None,
+    lesion_table: Table | None = None,
+    batch_size: int = 128,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """One row per unit: attribution aggregates with t intervals over images, beside the lesion
+    damage of deleting it (NaN for plain units that cannot be deleted). Rows in ``table`` are
+    reused; lesion rows are shared with ``python -m ablate.delete_block`` through
+    ``lesion_table``."""
+    check(method, layer, baseline)
+    table = Table(None, KEY) if table is None else table
+    gxa = method == "gradient_x_activation"
+    base = {**condition(loaded, ds), "method": method, "layer": layer,
+            "n_steps": 0 if gxa else n_steps, "baseline": "none" if gxa else baseline}
+    units = blocks(loaded.model)
+    todo = [u for u in units if not table.has(**base, block=u.index)]
+    if todo:
+        lesion = single_block.run(loaded, ds, table=lesion_table, batch_size=batch_size,
+                                  progress=progress).set_index("block")
+        groups = [todo] if gxa else [[u] for u in todo]
+        for group in tqdm(groups, desc=f"{loaded.name} {method}", disable=not progress,
+                          leave=False):
+            aggs = _attribute_group(loaded, ds, group, method, layer, n_steps, baseline,
+                                    batch_size)
+            table.add(_row(base, u, a, lesion) for u, a in zip(group, aggs))
+    sel = table.select(**base)
+    return sel.sort_values("block").reset_index(drop=True)
+
+
+def _attribute_group(loaded: Loaded, ds: Dataset, group: list[Block], method: str, layer: str,
+                     n_steps: int, baseline: str, batch_size: int) -> list[tuple]:
+    model = loaded.model
+    param = next(model.parameters())
+    layers = [attribution_layer(model, u, layer) for u in group]
+    signed: list[list[np.ndarray]] = [[] for _ in group]
+    absolute: list[list[np.ndarray]] = [[] for _ in group]
+    # Conductance and IG run n_steps interpolated copies of each image: fewer images per batch.
+    step = batch_size if method == "gradient_x_activation" else max(1, batch_size // n_steps)
+    for i in range(0, len(ds), step):
+        x = normalize(ds.images[i:i + step].to(param.device), loaded.mean, loaded.std)
+        x = x.to(param.dtype)
+        y = ds.labels[i:i + step].to(param.device)
+        base = baseline_input(baseline, loaded.mean, loaded.std, x)
+        outs = attribute(model, layers, x, y, method, baseline=base, n_steps=n_steps,
+                         internal_batch_size=batch_size)
+        for j, o in enumerate(outs):
+            s, a = aggregate(o)
+            signed[j].append(s)
+            absolute[j].append(a)
+    return [(np.concatenate(s), np.concatenate(a)) for s, a in zip(signed, absolute)]
+
+
+def _row(base: dict, u: Block, agg: tuple, lesion: pd.DataFrame) -> dict:
+    s, a = (mean_interval(v) for v in agg)
+    row = {**base, "block": u.index, "block_name": u.name, "stage": u.stage,
+           "downsample": u.changes_shape, "unit_kind": u.kind,
+           "attr_signed": s[0], "attr_signed_low": s[1], "attr_signed_high": s[2],
+           "attr_abs": a[0], "attr_abs_low": a[1], "attr_abs_high": a[2]}
+    if u.index in lesion.index:
+        le = lesion.loc[u.index]
+        row |= {"error_change": float(le["error_change"]), "lesion_error": float(le["error"]),
+                "intact_error": float(le["intact_error"]),
+                "loss_change": float(le["loss"] - le["intact_loss"]),
+                "lesion_p_value": float(le["p_value"])}
+    else:
+        row |= dict.fromkeys(("error_change", "lesion_error", "intact_error", "loss_change",
+                              "lesion_p_value"), float("nan"))
+    return row
+
+
+def correlations(df: pd.DataFrame) -> list[dict]:
+    """Spearman's rho (and p) of each aggregate against each lesion damage, per model and
+    method, over the units that can be deleted."""
+    out = []
+    for (model, method, layer), d in df.groupby(["model", "method", "layer"], sort=False):
+        d = d[d["error_change"].notna()]
+        for agg in ("attr_abs", "attr_signed"):
+            for damage in ("error_change", "loss_change"):
+                rho, p = spearman(d[agg], d[damage])
+                out.append({"model": model, "method": method, "layer": layer, "aggregate": agg,
+                            "damage": damage, "rho": rho, "p_value": p, "n_blocks": len(d)})
+    return out

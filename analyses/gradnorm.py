@@ -1,0 +1,173 @@
+"""Gradient norms through depth (Huang et al. 2016; He et al. 2015): at every unit's input
+(activation gradient) and of every unit's parameters, for a network at initialisation and
+trained, so that the vanishing gradient of deep plain nets shows beside their residual twins.
+
+Per batch the loss is the cross-entropy, summed over images for the activation gradient (so each
+image's gradient at a unit's input is its own with eval-mode BN; reported as the mean over images
+of its L2 norm) and averaged over the batch for the parameter gradient (what SGD sees; reported
+as the mean over batches of the per-unit L2 norm). Intervals are t intervals over images and over
+batches respectively.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from tqdm.auto import tqdm
+
+from ablate import models
+from ablate.blocks import Block, blocks, chain, get_module
+from ablate.checkpoint import Loaded
+from ablate.data import Dataset, normalize
+from ablate.errors import UsageError
+from ablate.measures import mean_interval
+
+from .context import condition
+from .table import Table
+
+__all__ = ["KEY", "STATES", "depths", "gradients", "init_twin", "run", "unit_parameters"]
+
+KEY = ("model", "checkpoint_sha256", "state", "dataset", "split", "n_images", "bn", "seed")
+STATES = ("init", "trained")
+
+
+def unit_parameters(model: nn.Module, unit: Block) -> list[nn.Parameter]:
+    """A unit's parameters: the whole residual block, or a plain unit's convolution and BN."""
+    mods = [unit.module]
+    if unit.kind == "plain" and unit.bn:
+        mods.append(get_module(model, unit.bn))
+    return [p for m in mods for p in m.parameters()]
+
+
+def depths(model: nn.Module) -> list[int]:
+    """Weight layers between the input and each unit's input, counting the stem's convolution:
+    residual units count the convolutions of their branch (shortcut projections excluded)."""
+    out, d = [], 1
+    for u in blocks(model):
+        out.append(d)
+        if u.kind == "plain":
+            d += 1
+        else:
+            short = getattr(u.module, "shortcut", None) or getattr(u.module, "downsample", None)
+            skip = {id(m) for m in short.modules()} if isinstance(short, nn.Module) else set()
+            d += sum(isinstance(m, nn.Conv2d) and id(m) not in skip for m in u.module.modules())
+    return out
+
+
+@contextmanager
+def _bn_mode(model: nn.Module, bn: str) -> Iterator[None]:
+    """Eval mode throughout; with ``bn="train"`` BN layers use batch statistics, and their
+    running statistics are restored afterwards."""
+    was = model.training
+    model.eval()
+    saved = {}
+    if bn == "train":
+        for name, m in model.named_modules():
+            if isinstance(m, _BatchNorm):
+                saved[name] = {k: v.clone() for k, v in m.named_buffers(recurse=False)}
+                m.train()
+    try:
+        yield
+    finally:
+        for name, bufs in saved.items():
+            m = model.get_submodule(name)
+            for k, v in bufs.items():
+                getattr(m, k).copy_(v)
+        model.train(was)
+
+
+def gradients(model: nn.Module, x: Tensor, y: Tensor, *, bn: str = "eval") -> tuple[Tensor, Tensor]:
+    """Per-image activation-gradient norms at each unit's input [units, B] (of the summed loss)
+    and per-unit parameter-gradient norms [units] (of the batch-mean loss)."""
+    if bn not in ("eval", "train"):
+        raise UsageError(f"--bn must be eval or train, not {bn!r}")
+    units = blocks(model)
+    params = [unit_parameters(model, u) for u in units]
+    flat = [p for ps in params for p in ps]
+    with _bn_mode(model, bn):
+        h, acts = x, []
+        for step in chain(model):
+            if isinstance(step, Block):
+                acts.append(h)
+                h = step.unit(h)
+            else:
+                h = step(h)
+        loss = F.cross_entropy(h, y, reduction="sum")
+        grads = torch.autograd.grad(loss, acts + flat, allow_unused=True)
+    g_act = torch.stack([g.flatten(1).norm(dim=1) for g in grads[:len(acts)]])
+    g_par, i = [], len(acts)
+    for ps in params:
+        sq = sum(float(g.double().square().sum()) for g in grads[i:i + len(ps)] if g is not None)
+        g_par.append(np.sqrt(sq) / x.shape[0])
+        i += len(ps)
+    return g_act.detach(), torch.tensor(g_par, dtype=torch.float64)
+
+
+def init_twin(loaded: Loaded, seed: int) -> nn.Module:
+    """The same architecture with fresh registry initialisation, seeded (global RNG untouched)."""
+    param = next(loaded.model.parameters())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = models.create(loaded.arch, **(loaded.card.get("arch_kwargs") or {}))
+    return net.to(param.device, param.dtype).eval()
+
+
+def run(
+    loaded: Loaded,
+    ds: Dataset,
+    *,
+    states: tuple[str, ...] = ("trained",),
+    bn: str = "eval",
+    seed: int = 0,
+    table: Table | None = None,
+    batch_size: int = 128,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Rows (model, state, unit, kind, grad_norm, low, high, ...) for each state of ``loaded``;
+    states already in ``table`` are reused."""
+    table = Table(None, KEY) if table is None else table
+    for s in states:
+        if s not in STATES:
+            raise UsageError(f"unknown state {s!r}: use init and/or trained")
+        if s == "trained" and loaded.format == "init":
+            raise UsageError(f"{loaded.name} has no trained weights: pass --checkpoint, or ask "
+                             "for --states init")
+    base = {**condition(loaded, ds), "bn": bn, "seed": seed}
+    for state in states:
+        if table.has(**base, state=state):
+            continue
+        net = loaded.model if state == "trained" else init_twin(loaded, seed)
+        table.add(_measure(net, loaded, ds, {**base, "state": state}, bn, batch_size, progress))
+    sel = table.select(**base)
+    return sel[sel["state"].isin(states)].reset_index(drop=True)
+
+
+def _measure(net: nn.Module, loaded: Loaded, ds: Dataset, base: dict, bn: str, batch_size: int,
+             progress: bool) -> list[dict]:
+    param = next(net.parameters())
+    acts, pars = [], []
+    starts = range(0, len(ds), batch_size)
+    for i in tqdm(starts, desc=f"{loaded.name} {base['state']}", disable=not progress,
+                  leave=False):
+        x = normalize(ds.images[i:i + batch_size].to(param.device), loaded.mean, loaded.std)
+        a, p = gradients(net, x.to(param.dtype), ds.labels[i:i + batch_size].to(param.device),
+                         bn=bn)
+        acts.append(a.double().cpu())
+        pars.append(p)
+    act, par = torch.cat(acts, 1).numpy(), torch.stack(pars, 1).numpy()
+    rows = []
+    for u, d in zip(blocks(net), depths(net)):
+        info = {**base, "unit": u.index, "unit_name": u.name, "stage": u.stage, "depth": d,
+                "downsample": u.changes_shape, "unit_kind": u.kind}
+        for kind, v in (("activation", act[u.index]), ("parameters", par[u.index])):
+            mean, lo, hi = mean_interval(v)
+            rows.append({**info, "kind": kind, "grad_norm": mean, "low": lo, "high": hi,
+                         "n_values": v.size})
+    return rows

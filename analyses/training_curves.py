@@ -1,0 +1,102 @@
+"""Training logs (``NAME.log.csv`` or a run's ``log.csv``, written by ``python -m ablate.train``)
+as one tidy table: model, family, epoch, metric, value; and the epochs where the learning rate
+dropped (Huang et al. 2016, Fig. 7 marks them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ablate.errors import UsageError
+
+__all__ = ["FIRST_CONV", "lr_drops", "model_name", "read_log", "read_logs"]
+
+FIRST_CONV = "grad_mean_abs_first_block_conv1"  # Huang et al. Fig. 7's quantity
+
+
+def model_name(path: Path) -> str:
+    """``NAME.log.csv`` -> NAME; a run folder's ``log.csv`` -> the folder's name."""
+    if path.name == "log.csv":
+        return path.resolve().parent.name
+    return path.name.removesuffix(".csv").removesuffix(".log")
+
+
+def _card(path: Path, name: str) -> dict:
+    for p in (path.with_name(f"{name}.json"), *sorted(path.parent.glob("*.json"))):
+        try:
+            card = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(card, dict) and "arch" in card:
+            return card
+    return {}
+
+
+def _family(name: str, card: dict) -> str:
+    """From the card where it says (stochastic depth, plain), else from the name or the arch."""
+    from figures.theme import family_of
+
+    if card.get("stochastic_depth") or (card.get("arch_kwargs") or {}).get("stochastic_depth"):
+        return "stochastic_depth"
+    if str(card.get("arch", "")).startswith("plain"):
+        return "plain"
+    for candidate in (name, card.get("arch")):
+        try:
+            return family_of(str(candidate))
+        except ValueError:
+            continue
+    return "resnet"
+
+
+def read_log(path: str | Path, name: str | None = None) -> pd.DataFrame:
+    """One trainer log as tidy rows (every numeric column except ``epoch`` is a metric)."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"training log {path} does not exist: check the path")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path} is not a readable CSV log ({str(e).splitlines()[0]})") from None
+    if "epoch" not in df.columns or df.empty:
+        raise UsageError(f"{path} is not a training log: it has no 'epoch' column or no rows")
+    name = name or model_name(path)
+    card = _card(path, name)
+    metrics = [c for c in df.columns if c != "epoch" and pd.api.types.is_numeric_dtype(df[c])]
+    long = df.melt(id_vars="epoch", value_vars=metrics, var_name="metric", value_name="value")
+    long.insert(0, "family", _family(name, card))
+    long.insert(0, "model", name)
+    long["source"] = str(path)
+    return long
+
+
+def read_logs(paths: Sequence[str | Path], names: Sequence[str] | None = None) -> pd.DataFrame:
+    if names is not None and len(names) != len(paths):
+        raise UsageError(f"{len(names)} names for {len(paths)} logs: give one per log")
+    frames = [read_log(p, names[i] if names else None) for i, p in enumerate(paths)]
+    df = pd.concat(frames, ignore_index=True)
+    seen = df.drop_duplicates(["model", "source"])["model"]
+    if seen.duplicated().any():
+        raise UsageError(f"two logs are both called {seen[seen.duplicated()].iloc[0]!r}: "
+                         "name them with --names")
+    return df
+
+
+def lr_drops(df: pd.DataFrame, model: str | None = None, factor: float = 2.0) -> list[int]:
+    """Epochs whose learning rate is at least ``factor`` times below the previous epoch's (a
+    warm-up's rise and a cosine schedule's gradual decay are not drops)."""
+    d = df[df["metric"] == "lr"]
+    if model is not None:
+        d = d[d["model"] == model]
+    out: set[int] = set()
+    for _, g in d.groupby("model"):
+        g = g.sort_values("epoch")
+        lr = g["value"].to_numpy(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            drop = lr[1:] * factor <= lr[:-1]
+        out |= set(g["epoch"].to_numpy()[1:][drop].astype(int).tolist())
+    return sorted(out)
