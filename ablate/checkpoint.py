@@ -13,6 +13,7 @@ Bundled checkpoints live in ``ablate/checkpoints`` and are found by name.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -27,10 +28,18 @@ from . import models
 from .errors import UsageError
 from .io import atomic_write, sha256_file, write_json
 
-__all__ = ["Loaded", "load", "save", "bundled", "bundled_names", "CARD_FORMAT"]
+__all__ = [
+    "Loaded", "load", "save", "bundled", "bundled_dir", "bundled_names", "CARD_FORMAT",
+]
 
 CARD_FORMAT = "ablate-checkpoint/1"
 BUNDLED_DIR = Path(__file__).parent / "checkpoints"
+
+
+def bundled_dir() -> Path:
+    """Where named checkpoints live: ``$ABLATE_CHECKPOINTS`` if set, else the shipped ones."""
+    env = os.environ.get("ABLATE_CHECKPOINTS")
+    return Path(env) if env else BUNDLED_DIR
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -59,12 +68,12 @@ class Loaded:
 
 
 def bundled_names() -> list[str]:
-    return sorted(p.stem for p in BUNDLED_DIR.glob("*.safetensors"))
+    return sorted(p.stem for p in bundled_dir().glob("*.safetensors"))
 
 
 def bundled(name: str) -> Path | None:
     """The bundled checkpoint called ``name`` (e.g. ``resnet110`` or ``resnet110-sd``), if any."""
-    p = BUNDLED_DIR / f"{name}.safetensors"
+    p = bundled_dir() / f"{name}.safetensors"
     return p if p.exists() else None
 
 
