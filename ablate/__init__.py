@@ -4,9 +4,21 @@ Interventions are context managers that change a model inside a ``with`` block a
 exactly on exit::
 
     import ablate
-    model = ablate.load("resnet110").model
-    with ablate.delete(model, [10]):
-        ...
+    net = ablate.load("resnet20")            # a bundled checkpoint, or load(checkpoint=PATH)
+    with ablate.delete(net.model, [4]):
+        ...                                  # block 4 is gone here, and back afterwards
 """
 
+from .blocks import Block, blocks, chain
+from .checkpoint import Loaded, load
+from .interventions import delete, drop, linear, reorder, scale
+from .lesion import Variant, evaluate_variants
+from .measures import evaluate
+from .models import create
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "Block", "Loaded", "Variant", "blocks", "chain", "create", "delete", "drop", "evaluate",
+    "evaluate_variants", "linear", "load", "reorder", "scale",
+]
