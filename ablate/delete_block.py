@@ -18,7 +18,7 @@ from analyses import single_block
 from analyses.context import data_meta
 from analyses.table import Table, write_meta
 
-from . import cli
+from . import cli, distributed
 from .blocks import blocks
 from .errors import cli_main
 from .provenance import environment
@@ -29,11 +29,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = cli.parser(__doc__.splitlines()[0], default_models=("resnet20", "plain20"))
     p.add_argument("--blocks", default="all", help="units to delete: all, or e.g. 0,3,5-9")
     args = p.parse_args(argv)
+    args.device = distributed.device(args.device)
     loaded = cli.load_models(args)
     ds = cli.load_data(args)
+    main_rank = distributed.is_main()  # under torchrun only rank 0 writes files
     out = cli.default_out("delete_block", loaded) if args.out is None else Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = Table(out / "results.csv", single_block.KEY)
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+    table = Table(out / "results.csv" if main_rank else None, single_block.KEY)
     timer = cli.Timer()
     frames = []
     for m in loaded:
@@ -41,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if idx is not None:
             single_block.check_deletable(m, idx)
         frames.append(single_block.run(m, ds, indices=idx, table=table,
-                                       batch_size=cli.batch_size(args, m)))
+                                       batch_size=cli.batch_size(args, m), progress=main_rank))
+    if not main_rank:
+        distributed.finish()
+        return 0
     df = pd.concat(frames, ignore_index=True)
     note = None if len(ds) == 10000 else f"{ds.name}, {len(ds)} images"
     meta = {
@@ -59,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("figure:", *paths, file=sys.stderr)
     _summary(df)
     print(f"results: {out / 'results.csv'}", file=sys.stderr)
+    distributed.finish()
     return 0
 
 

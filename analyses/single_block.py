@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from ablate import distributed
 from ablate.blocks import blocks
 from ablate.checkpoint import Loaded
 from ablate.data import Dataset
@@ -80,25 +81,28 @@ def run(
 ) -> pd.DataFrame:
     """Delete each unit in ``indices`` (default: all deletable) alone; rows for ``loaded``.
 
-    Rows already in ``table`` are not recomputed; new ones are added every ``group`` units.
+    Rows already in ``table`` are not recomputed; new ones are added every ``group`` units. Under
+    torchrun the groups are split across ranks and rank 0's table gets the rows.
     """
     table = Table(None, KEY) if table is None else table
     base = condition(loaded, ds)
     units = blocks(loaded.model)
     indices = deletable(loaded) if indices is None else list(indices)
-    todo = [i for i in indices if not table.has(**base, block=i)]
+    todo = distributed.broadcast([i for i in indices if not table.has(**base, block=i)])
     norm = {"mean": loaded.mean, "std": loaded.std}
     if todo:
         intact = evaluate(loaded.model, ds.images, ds.labels, batch_size=batch_size,
                           progress=progress, desc=f"{loaded.name} intact", **norm)
-        for start in range(0, len(todo), group):
-            part = todo[start:start + group]
+        for part in distributed.parts(todo, group):  # all of todo unless run under torchrun
             outs = evaluate_variants(
                 loaded.model, ds.images, ds.labels, [Variant.deleting(i) for i in part],
                 batch_size=batch_size, max_rows=max_rows, progress=progress,
                 desc=f"{loaded.name} blocks {part[0]}-{part[-1]}", **norm,
-            )
-            table.add(row(base, units[i], o, intact) for i, o in zip(part, outs))
+            ) if part else []
+            rows = [row(base, units[i], o, intact) for i, o in zip(part, outs)]
+            table.add(distributed.gather(rows))
     sel = table.select(model=base["model"], checkpoint_sha256=base["checkpoint_sha256"],
                        dataset=base["dataset"], split=base["split"], n_images=base["n_images"])
+    if sel.empty:  # a torchrun rank other than 0 holds no rows
+        return sel
     return sel[sel["block"].isin(indices)].sort_values("block").reset_index(drop=True)

@@ -1,0 +1,135 @@
+"""The full single-block lesion sweep: the batched engine against one forward pass per deletion.
+
+    python benchmarks/lesion_sweep.py --model resnet110 --device cuda --out sweep.json
+    python benchmarks/lesion_sweep.py --model resnet110 --device cpu --n-images 500
+
+Deletes every deletable unit of ``--model`` alone (54 blocks for ResNet-110) over the first
+``--n-images`` images of the data (default: the bundled cifar10-jpeg test split), once with
+``ablate.lesion.evaluate_variants`` (the intact prefix computed once per batch, many variants per
+pass) and once with ``evaluate_naive`` (the interventions, one full pass per deletion), on the
+same device with the images already there. Each is timed after an untimed warm-up on the first
+batch. Weights are random unless ``--checkpoint`` is given: the time does not depend on the
+weights (the error counts do, and they are compared either way). ``--amp bf16`` adds a third,
+timing-only run of the engine under bf16 autocast and reports whether its counts still agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ablate import checkpoint, data, models
+from ablate.lesion import Variant, evaluate_naive, evaluate_variants
+from ablate.measures import resolve_device
+from ablate.provenance import device_name, versions
+from analyses.single_block import deletable
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device) -> tuple[float, object]:
+    _sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - t0, out
+
+
+def _load(args: argparse.Namespace, device: torch.device) -> checkpoint.Loaded:
+    if args.checkpoint:
+        return checkpoint.load(args.model, args.checkpoint, device=device)
+    torch.manual_seed(0)
+    net = models.create(args.model).to(device).eval()
+    mean, std = (checkpoint.CIFAR10_MEAN, checkpoint.CIFAR10_STD)
+    return checkpoint.Loaded(net, args.model, args.model, None, None, "init", mean, std, None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="resnet110")
+    p.add_argument("--checkpoint", default=None, help="trained weights (default: random)")
+    p.add_argument("--data", default=None, help="default: the bundled cifar10-jpeg test split")
+    p.add_argument("--n-images", type=int, default=10000)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 1000 GPU, 100 CPU")
+    p.add_argument("--max-rows", type=int, default=None, help="engine rows in flight")
+    p.add_argument("--channels-last", action="store_true", help="both methods, CUDA mainly")
+    p.add_argument("--amp", choices=("none", "bf16"), default="none",
+                   help="also time the engine under bf16 autocast (timing only)")
+    p.add_argument("--skip-naive", action="store_true", help="time the engine only")
+    p.add_argument("--out", default=None, help="write the report as JSON here")
+    args = p.parse_args(argv)
+
+    device = resolve_device(args.device)
+    loaded = _load(args, device)
+    model = loaded.model
+    ds = data.load(args.data, "test", quiet=True).subset(args.n_images)
+    images, labels = ds.images.to(device), ds.labels.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    bs = args.batch_size or (1000 if device.type == "cuda" else 100)
+    variants = [Variant.deleting(i) for i in deletable(loaded)]
+    norm = {"mean": loaded.mean, "std": loaded.std}
+
+    def engine(imgs=images, lbls=labels):
+        return evaluate_variants(model, imgs, lbls, variants, batch_size=bs,
+                                 max_rows=args.max_rows, progress=False, **norm)
+
+    def naive(imgs=images, lbls=labels, vs=variants):
+        return evaluate_naive(model, imgs, lbls, vs, batch_size=bs, **norm)
+
+    warm = (images[:bs], labels[:bs])
+    engine(*warm)
+    n_var, n_img = len(variants), len(ds)
+    report: dict = {
+        "model": args.model, "weights": args.checkpoint or "random init (timing does not depend "
+        "on the weights)", "deletions": n_var, "n_images": n_img, "data": ds.name,
+        "batch_size": bs, "max_rows": args.max_rows, "channels_last": args.channels_last,
+        "device": device_name(device), "torch": torch.__version__, "versions": versions(),
+    }
+    t_engine, out_engine = _timed(engine, device)
+    report["engine_s"] = round(t_engine, 3)
+    report["engine_images_per_s"] = round(n_var * n_img / t_engine, 1)
+    if not args.skip_naive:
+        naive(*warm, vs=variants[:2])
+        t_naive, out_naive = _timed(naive, device)
+        report["naive_s"] = round(t_naive, 3)
+        report["naive_images_per_s"] = round(n_var * n_img / t_naive, 1)
+        report["speedup"] = round(t_naive / t_engine, 2)
+        report["errors_agree"] = [o.errors for o in out_engine] == [o.errors for o in out_naive]
+        report["max_loss_diff"] = max(float((a.loss - b.loss).abs().max())
+                                      for a, b in zip(out_engine, out_naive))
+    if args.amp == "bf16":
+        ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if device.type in ("cuda", "cpu")
+               else contextlib.nullcontext())
+        with ctx:
+            engine(*warm)
+            t_amp, out_amp = _timed(engine, device)
+        report["engine_bf16_s"] = round(t_amp, 3)
+        report["engine_bf16_images_per_s"] = round(n_var * n_img / t_amp, 1)
+        report["bf16_errors_agree_with_fp32"] = [o.errors for o in out_amp] == [
+            o.errors for o in out_engine]
+        report["bf16_error_count_max_diff"] = max(
+            abs(a.errors - b.errors) for a, b in zip(out_amp, out_engine))
+    print(json.dumps(report, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Veit et al. 2016, Fig. 5a: test error against the number of blocks deleted at once.
+
+Drawn from the tidy table of the drop-blocks experiment, one row per (model, k, random set)::
+
+    python -m figures.drop_blocks results.csv [more.csv ...] --out DIR [--note TEXT]
+
+Per model: the error of every random set as faint dots, the mean over the sets as a line, and
+its 95% t interval as a band, in the model family's colour; chance error dotted grey.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analyses.drop_blocks import summary
+from figures import theme
+
+__all__ = ["REQUIRED", "main", "plot", "read"]
+
+REQUIRED = ("model", "k", "sample", "error")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def read(source: pd.DataFrame | str | PathLike | Sequence[str | PathLike]) -> pd.DataFrame:
+    """The drop-blocks table as a clean DataFrame (from a frame, a CSV, or several CSVs)."""
+    if isinstance(source, pd.DataFrame):
+        df = source.copy()
+    elif isinstance(source, (str, PathLike)):
+        df = pd.read_csv(source)
+    else:
+        df = pd.concat([pd.read_csv(p) for p in source], ignore_index=True)
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ValueError(f"drop-blocks table lacks column(s) {missing}")
+    if df.empty:
+        raise ValueError("drop-blocks table is empty")
+    df["model"] = df["model"].astype(str)
+    fam = df["family"] if "family" in df.columns else pd.Series(np.nan, index=df.index)
+    df["family"] = fam.where(fam.isin(list(theme.FAMILY_COLORS)), df["model"].map(theme.family_of))
+    dup = df.duplicated(["model", "k", "sample"], keep=False)
+    if dup.any():
+        raise ValueError("several rows per (model, k, sample); filter by dataset/seed first")
+    return df.sort_values(["model", "k", "sample"], kind="stable").reset_index(drop=True)
+
+
+def _order(df: pd.DataFrame) -> list[str]:
+    """Models by family (theme order), then name."""
+    first = df.drop_duplicates("model")
+    rank = {f: i for i, f in enumerate(theme.FAMILY_ORDER)}
+    return [m for _, m in sorted((rank.get(f, 99), m) for m, f in zip(first.model, first.family))]
+
+
+def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
+    """Test error (%) against the number of deleted blocks; returns the Figure."""
+    from matplotlib.ticker import MaxNLocator, MultipleLocator
+
+    df = read(df)
+    s = summary(df)
+    fig, ax = theme.figure("one")
+    classes = df["num_classes"].dropna().unique() if "num_classes" in df.columns else [10]
+    for c in sorted({int(c) for c in classes} or {10}):
+        ax.axhline(100 * (1 - 1 / c), color=theme.GUIDE_COLOR, linestyle=":", linewidth=0.9,
+                   zorder=0.5, gid=f"chance:{c}")
+    rng = np.random.default_rng(0)  # jitter of the dots only
+    for i, model in enumerate(_order(df)):
+        d, m = df[df["model"] == model], s[s["model"] == model].sort_values("k")
+        color = theme.family_color(d["family"].iloc[0])
+        jitter = rng.uniform(-0.15, 0.15, len(d))
+        ax.scatter(d["k"] + jitter, d["error"] * 100, s=3, color=color, alpha=0.25,
+                   linewidths=0, zorder=1.5, rasterized=True)
+        band = m["mean_low"].notna()
+        ax.fill_between(m["k"][band], m["mean_low"][band] * 100, m["mean_high"][band] * 100,
+                        color=color, alpha=0.2, linewidth=0, zorder=1)
+        ax.plot(m["k"], m["mean_error"] * 100, color=color, linewidth=1.1,
+                marker=_MARKERS[i % len(_MARKERS)], markersize=2.5, markeredgewidth=0,
+                label=model, zorder=2, gid=f"mean:{model}")
+    ax.plot([], [], color=theme.GUIDE_COLOR, linestyle=":", linewidth=0.9, label="chance")
+    ax.set_xlim(-0.5, df["k"].max() + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+    ax.set_xlabel("number of deleted blocks")
+    theme.percent_axis(ax, "test error (%)")
+    ax.yaxis.set_major_locator(MultipleLocator(20))
+    ax.legend(loc="best", fontsize="x-small", handlelength=1.5)
+    if note:
+        theme.note(ax, note)
+    return fig
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m figures.drop_blocks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", type=Path, help="results.csv of the experiment")
+    p.add_argument("--out", type=Path, default=Path("."), help="output folder")
+    p.add_argument("--name", default="drop_blocks", help="file name without suffix")
+    p.add_argument("--note", default=None, help='caption, e.g. "quick run: 500 images"')
+    args = p.parse_args(argv)
+    for path in theme.save(plot([str(f) for f in args.results], note=args.note),
+                           args.out / args.name):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

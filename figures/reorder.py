@@ -1,0 +1,131 @@
+"""Veit et al. 2016, Fig. 5b: test error against Kendall's tau after reordering blocks.
+
+Drawn from the tidy table of the reorder experiment, one row per (model, swaps, random order)::
+
+    python -m figures.reorder results.csv [more.csv ...] --out DIR [--note TEXT] [--bins N]
+
+Per model, in the family's colour: every order as a faint dot, and the mean error within bins of
+tau with its 95% t interval as a line with error bars, starting at the original order (tau = 1).
+The tau axis runs from 1 (original order) to the right, as in the paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ablate.measures import mean_interval
+from figures import theme
+
+__all__ = ["REQUIRED", "binned", "main", "plot", "read"]
+
+REQUIRED = ("model", "k", "sample", "kendall_tau", "error")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def read(source: pd.DataFrame | str | PathLike | Sequence[str | PathLike]) -> pd.DataFrame:
+    """The reorder table as a clean DataFrame (from a frame, a CSV, or several CSVs)."""
+    if isinstance(source, pd.DataFrame):
+        df = source.copy()
+    elif isinstance(source, (str, PathLike)):
+        df = pd.read_csv(source)
+    else:
+        df = pd.concat([pd.read_csv(p) for p in source], ignore_index=True)
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ValueError(f"reorder table lacks column(s) {missing}")
+    if df.empty:
+        raise ValueError("reorder table is empty")
+    df["model"] = df["model"].astype(str)
+    fam = df["family"] if "family" in df.columns else pd.Series(np.nan, index=df.index)
+    df["family"] = fam.where(fam.isin(list(theme.FAMILY_COLORS)), df["model"].map(theme.family_of))
+    if df.duplicated(["model", "k", "sample"]).any():
+        raise ValueError("several rows per (model, k, sample); filter by dataset/seed first")
+    return df.sort_values(["model", "k", "sample"], kind="stable").reset_index(drop=True)
+
+
+def binned(d: pd.DataFrame, bins: int = 8) -> pd.DataFrame:
+    """Mean error with a 95% t interval: the original order (tau = 1), then ``bins`` equal-width
+    bins of tau over the reordered rows (empty bins left out; intervals clipped to [0, 1])."""
+    out = []
+    groups = [d[d["kendall_tau"] >= 1.0]]
+    moved = d[d["kendall_tau"] < 1.0]
+    if not moved.empty:
+        lo, hi = moved["kendall_tau"].min(), moved["kendall_tau"].max()
+        edges = np.linspace(lo, hi, bins + 1) if hi > lo else np.array([lo, hi])
+        which = np.clip(np.searchsorted(edges, moved["kendall_tau"], side="right") - 1, 0,
+                        len(edges) - 2)
+        groups += [moved[which == b] for b in range(len(edges) - 1)]
+    for g in groups:
+        if g.empty:
+            continue
+        m, low, high = mean_interval(g["error"].to_numpy(dtype=float))
+        out.append({"tau": g["kendall_tau"].mean(), "n": len(g), "mean_error": m,
+                    "mean_low": max(low, 0.0), "mean_high": min(high, 1.0)})
+    return pd.DataFrame(out).sort_values("tau", ascending=False, ignore_index=True)
+
+
+def _order(df: pd.DataFrame) -> list[str]:
+    first = df.drop_duplicates("model")
+    rank = {f: i for i, f in enumerate(theme.FAMILY_ORDER)}
+    return [m for _, m in sorted((rank.get(f, 99), m) for m, f in zip(first.model, first.family))]
+
+
+def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None, bins: int = 8):
+    """Test error (%) against Kendall's tau to the original order; returns the Figure."""
+    from matplotlib.ticker import MultipleLocator
+
+    df = read(df)
+    fig, ax = theme.figure("one")
+    classes = df["num_classes"].dropna().unique() if "num_classes" in df.columns else [10]
+    for c in sorted({int(c) for c in classes} or {10}):
+        ax.axhline(100 * (1 - 1 / c), color=theme.GUIDE_COLOR, linestyle=":", linewidth=0.9,
+                   zorder=0.5, gid=f"chance:{c}")
+    for i, model in enumerate(_order(df)):
+        d = df[df["model"] == model]
+        color = theme.family_color(d["family"].iloc[0])
+        ax.scatter(d["kendall_tau"], d["error"] * 100, s=4, color=color, alpha=0.3,
+                   linewidths=0, zorder=1.5, rasterized=True)
+        b = binned(d, bins)
+        yerr = np.vstack([b["mean_error"] - b["mean_low"], b["mean_high"] - b["mean_error"]])
+        ax.errorbar(b["tau"], b["mean_error"] * 100, yerr=np.nan_to_num(yerr) * 100, color=color,
+                    linewidth=1.1, elinewidth=0.8, capsize=1.5, marker=_MARKERS[i % len(_MARKERS)],
+                    markersize=2.5, markeredgewidth=0, label=model, zorder=2)
+    handles, _ = ax.get_legend_handles_labels()
+    handles += ax.plot([], [], color=theme.GUIDE_COLOR, linestyle=":", linewidth=0.9,
+                       label="chance")
+    lo = float(df["kendall_tau"].min())
+    pad = max(0.01, (1 - lo) * 0.04)
+    ax.set_xlim(1 + pad, lo - pad)  # inverted: the original order on the left
+    ax.set_xlabel("Kendall's tau to the original order")
+    theme.percent_axis(ax, "test error (%)")
+    ax.yaxis.set_major_locator(MultipleLocator(20))
+    ax.legend(handles=handles, loc="best", fontsize="x-small", handlelength=1.5)
+    if note:
+        theme.note(ax, note)
+    return fig
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m figures.reorder", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", type=Path, help="results.csv of the experiment")
+    p.add_argument("--out", type=Path, default=Path("."), help="output folder")
+    p.add_argument("--name", default="reorder", help="file name without suffix")
+    p.add_argument("--note", default=None, help='caption, e.g. "quick run: 500 images"')
+    p.add_argument("--bins", type=int, default=8, help="bins of Kendall's tau for the means")
+    args = p.parse_args(argv)
+    fig = plot([str(f) for f in args.results], note=args.note, bins=args.bins)
+    for path in theme.save(fig, args.out / args.name):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
