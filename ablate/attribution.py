@@ -22,12 +22,10 @@ import pandas as pd
 
 from analyses import attribution as analysis
 from analyses import single_block
-from analyses.context import data_meta
-from analyses.table import Table, write_meta
+from analyses.table import Table
 
 from . import cli
 from .errors import UsageError, cli_main
-from .provenance import environment
 
 
 @cli_main
@@ -64,23 +62,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     df = pd.concat(frames, ignore_index=True)
     corr = analysis.correlations(df)
     meta = {
-        "analysis": "attribution", "paper": "Veit et al. 2016 (lesion) vs captum attributions",
-        "method": args.method, "layer": args.layer, "n_steps": args.n_steps,
-        "baseline": args.baseline, "target": "logit of the true class",
-        "aggregates": {"attr_abs": "mean over images of sum |A|",
-                       "attr_signed": "mean over images of |sum A|"},
+        "analysis": "attribution",
+        "paper": "Veit et al. 2016 (lesion) vs captum attributions",
+        "method": args.method,
+        "layer": args.layer,
+        "n_steps": args.n_steps,
+        "baseline": args.baseline,
+        "target": "logit of the true class",
+        "aggregates": {
+            "attr_abs": "mean over images of sum |A|",
+            "attr_signed": "mean over images of |sum A|",
+        },
         "spearman": corr,
-        "models": [m.provenance() for m in loaded], "data": data_meta(ds, args.limit),
-        "seed": args.seed, "wall_seconds": timer.seconds,
-        **environment(next(loaded[0].model.parameters()).device),
     }
-    write_meta(out / "meta.json", meta)
-    if not args.no_figure:
-        from figures import attribution as fig
-        from figures.theme import save
-
-        files = save(fig.plot(df, note=f"{ds.name}, {len(ds)} images"), out / "attribution")
-        print("figure:", *files, file=sys.stderr)
+    note = f"{ds.name}, {len(ds)} images"
+    cli.write_outputs(out, meta, loaded, ds, args, timer, df, "attribution", note=note)
     for c in corr:
         if c["aggregate"] == "attr_abs":
             print(f"{c['model']} {c['method']} ({c['layer']}): Spearman rho of sum|A| vs "

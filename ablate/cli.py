@@ -200,3 +200,32 @@ def print_table(df: pd.DataFrame, columns: Sequence[str], title: str = "") -> No
     with pd.option_context("display.width", 120, "display.max_columns", 20,
                            "display.float_format", "{:.4f}".format):
         print(df[list(columns)].to_string(index=False))
+
+
+def write_outputs(
+    out: Path, meta: dict, loaded: Sequence[Loaded], ds: Dataset, args: argparse.Namespace,
+    timer: Timer, df: pd.DataFrame, figure: str, note: str | None = None,
+) -> None:
+    """Write ``meta.json`` (the analysis' own fields plus provenance), then draw
+    ``figures.<figure>.plot(df)`` into ``out/<figure>.pdf|png`` unless --no-figure."""
+    import importlib
+
+    from analyses.context import data_meta
+    from analyses.table import write_meta
+
+    from .provenance import environment
+
+    meta = {
+        **meta, "models": [m.provenance() for m in loaded],
+        "data": data_meta(ds, args.limit), "seed": args.seed, "wall_seconds": timer.seconds,
+        **environment(next(loaded[0].model.parameters()).device),
+    }
+    write_meta(out / "meta.json", meta)
+    if args.no_figure:
+        return
+    from figures.theme import save
+
+    if note is None:
+        note = f"{ds.name}, {len(ds)} images" if args.limit is not None else None
+    plot = importlib.import_module(f"figures.{figure}").plot
+    print("figure:", *save(plot(df, note=note), out / figure), file=sys.stderr)

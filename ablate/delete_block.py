@@ -15,13 +15,11 @@ from pathlib import Path
 import pandas as pd
 
 from analyses import single_block
-from analyses.context import data_meta
-from analyses.table import Table, write_meta
+from analyses.table import Table
 
 from . import cli, distributed
 from .blocks import blocks
 from .errors import cli_main
-from .provenance import environment
 
 
 @cli_main
@@ -49,20 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         distributed.finish()
         return 0
     df = pd.concat(frames, ignore_index=True)
-    note = None if len(ds) == 10000 else f"{ds.name}, {len(ds)} images"
     meta = {
-        "analysis": "single_block", "paper": "Veit et al. 2016, Figs. 3 and 8",
-        "models": [m.provenance() for m in loaded], "data": data_meta(ds, args.limit),
-        "seed": args.seed, "wall_seconds": timer.seconds,
-        **environment(next(loaded[0].model.parameters()).device),
+        "analysis": "single_block",
+        "paper": "Veit et al. 2016, Figs. 3 and 8",
     }
-    write_meta(out / "meta.json", meta)
-    if not args.no_figure:
-        from figures import single_block as fig
-        from figures.theme import save
-
-        paths = save(fig.plot(df, note=note), out / "single_block")
-        print("figure:", *paths, file=sys.stderr)
+    cli.write_outputs(out, meta, loaded, ds, args, timer, df, "single_block")
     _summary(df)
     print(f"results: {out / 'results.csv'}", file=sys.stderr)
     distributed.finish()

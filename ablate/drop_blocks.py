@@ -17,12 +17,10 @@ from pathlib import Path
 import pandas as pd
 
 from analyses import drop_blocks
-from analyses.context import data_meta
-from analyses.table import Table, write_meta
+from analyses.table import Table
 
 from . import cli, distributed
 from .errors import cli_main
-from .provenance import environment
 
 
 @cli_main
@@ -56,21 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     df = pd.concat(frames, ignore_index=True)
     meta = {
-        "analysis": "drop_blocks", "paper": "Veit et al. 2016, Fig. 5a",
-        "models": [m.provenance() for m in loaded], "data": data_meta(ds, args.limit),
-        "seed": args.seed, "samples": args.samples, "max_k": args.max_k,
+        "analysis": "drop_blocks",
+        "paper": "Veit et al. 2016, Fig. 5a",
+        "samples": args.samples,
+        "max_k": args.max_k,
         "include_downsampling": args.include_downsampling,
-        "world_size": distributed.rank_world()[1], "wall_seconds": timer.seconds,
-        **environment(next(loaded[0].model.parameters()).device),
+        "world_size": distributed.rank_world()[1],
     }
-    write_meta(out / "meta.json", meta)
-    if not args.no_figure:
-        from figures import drop_blocks as fig
-        from figures.theme import save
-
-        note = None if len(ds) == 10000 else f"{ds.name}, {len(ds)} images"
-        paths = save(fig.plot(df, note=note), out / "drop_blocks")
-        print("figure:", *paths, file=sys.stderr)
+    cli.write_outputs(out, meta, loaded, ds, args, timer, df, "drop_blocks")
     _summary(df)
     print(f"results: {out / 'results.csv'}", file=sys.stderr)
     distributed.finish()

@@ -19,12 +19,10 @@ from pathlib import Path
 import pandas as pd
 
 from analyses import gradnorm as analysis
-from analyses.context import data_meta
-from analyses.table import Table, write_meta
+from analyses.table import Table
 
 from . import cli
 from .errors import UsageError, cli_main
-from .provenance import environment
 
 
 @cli_main
@@ -61,23 +59,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    seed=args.seed, table=table, batch_size=bs))
     df = pd.concat(frames, ignore_index=True)
     meta = {
-        "analysis": "gradnorm", "paper": "Huang et al. 2016; He et al. 2015 (vanishing gradients)",
-        "method": "activation: mean over images of the L2 norm of d(summed cross-entropy)/d(unit "
-                  "input); parameters: mean over batches of the L2 norm of the batch-mean loss's "
-                  "gradient over the unit's parameters",
-        "bn": args.bn, "batch_size": bs, "init_seed": args.seed,
-        "models": [m.provenance() for m in loaded], "data": data_meta(ds, args.limit),
-        "seed": args.seed, "wall_seconds": timer.seconds,
-        **environment(next(loaded[0].model.parameters()).device),
+        "analysis": "gradnorm",
+        "paper": "Huang et al. 2016; He et al. 2015 (vanishing gradients)",
+        "method": (
+            "activation: mean over images of the L2 norm of d(summed cross-entropy)/d(unit "
+            "input); parameters: mean over batches of the L2 norm of the batch-mean loss's "
+            "gradient over the unit's parameters"
+        ),
+        "bn": args.bn,
+        "batch_size": bs,
+        "init_seed": args.seed,
     }
-    write_meta(out / "meta.json", meta)
-    if not args.no_figure:
-        from figures import gradnorm as fig
-        from figures.theme import save
-
-        note = f"{ds.name}, {len(ds)} images, BN {args.bn}"
-        files = save(fig.plot(df, note=note), out / "gradnorm")
-        print("figure:", *files, file=sys.stderr)
+    note = f"{ds.name}, {len(ds)} images, BN {args.bn}"
+    cli.write_outputs(out, meta, loaded, ds, args, timer, df, "gradnorm", note=note)
     _summary(df)
     print(f"results: {out / 'results.csv'}", file=sys.stderr)
     return 0

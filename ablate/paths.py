@@ -19,13 +19,11 @@ from pathlib import Path
 import pandas as pd
 
 from analyses import paths as analysis
-from analyses.context import data_meta
-from analyses.table import Table, write_meta
+from analyses.table import Table
 
 from . import cli
 from .errors import UsageError, cli_main
 from .path_stats import residual_blocks
-from .provenance import environment
 
 
 def parse_ks(spec: str, n: int) -> list[int]:
@@ -92,24 +90,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     df.to_csv(out / "results.csv", index=False)
     summary = analysis.summary(df, args.mass)
     meta = {
-        "analysis": "paths", "paper": "Veit et al. 2016, section 5, Fig. 6",
-        "method": "single path of length k: k random blocks pass gradient through their residual "
-                  "branch only, the others through their shortcut only; L2 norm of the summed "
-                  "cross-entropy's gradient at the normalised input, per image; eval-mode BN",
-        "samples": samples, "mass": args.mass, "summary": summary,
+        "analysis": "paths",
+        "paper": "Veit et al. 2016, section 5, Fig. 6",
+        "method": (
+            "single path of length k: k random blocks pass gradient through their residual "
+            "branch only, the others through their shortcut only; L2 norm of the summed "
+            "cross-entropy's gradient at the normalised input, per image; eval-mode BN"
+        ),
+        "samples": samples,
+        "mass": args.mass,
+        "summary": summary,
         "reference": analysis.REFERENCE,
-        "models": [m.provenance() for m in loaded], "data": data_meta(ds, args.limit),
-        "seed": args.seed, "wall_seconds": timer.seconds,
-        **environment(next(loaded[0].model.parameters()).device),
     }
-    write_meta(out / "meta.json", meta)
-    if not args.no_figure:
-        from figures import paths as fig
-        from figures.theme import save
-
-        note = f"{ds.name}, {len(ds)} images x {samples} sets"
-        files = save(fig.plot(df, note=note), out / "paths")
-        print("figure:", *files, file=sys.stderr)
+    note = f"{ds.name}, {len(ds)} images x {samples} sets"
+    cli.write_outputs(out, meta, loaded, ds, args, timer, df, "paths", note=note)
     _print(summary)
     print(f"results: {out / 'results.csv'}", file=sys.stderr)
     return 0

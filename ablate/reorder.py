@@ -17,13 +17,11 @@ from pathlib import Path
 import pandas as pd
 
 from analyses import reorder
-from analyses.context import data_meta
-from analyses.table import Table, write_meta
+from analyses.table import Table
 
 from . import cli, distributed
 from .errors import cli_main
 from .measures import mean_interval
-from .provenance import environment
 
 
 @cli_main
@@ -54,20 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     df = pd.concat(frames, ignore_index=True)
     meta = {
-        "analysis": "reorder", "paper": "Veit et al. 2016, Fig. 5b",
-        "models": [m.provenance() for m in loaded], "data": data_meta(ds, args.limit),
-        "seed": args.seed, "samples": args.samples, "max_swaps": args.max_swaps,
-        "world_size": distributed.rank_world()[1], "wall_seconds": timer.seconds,
-        **environment(next(loaded[0].model.parameters()).device),
+        "analysis": "reorder",
+        "paper": "Veit et al. 2016, Fig. 5b",
+        "samples": args.samples,
+        "max_swaps": args.max_swaps,
+        "world_size": distributed.rank_world()[1],
     }
-    write_meta(out / "meta.json", meta)
-    if not args.no_figure:
-        from figures import reorder as fig
-        from figures.theme import save
-
-        note = None if len(ds) == 10000 else f"{ds.name}, {len(ds)} images"
-        paths = save(fig.plot(df, note=note), out / "reorder")
-        print("figure:", *paths, file=sys.stderr)
+    cli.write_outputs(out, meta, loaded, ds, args, timer, df, "reorder")
     _summary(df)
     print(f"results: {out / 'results.csv'}", file=sys.stderr)
     distributed.finish()

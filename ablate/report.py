@@ -51,6 +51,13 @@ def _fig(root: Path, analysis: str) -> str | None:
     return str(pngs[0].relative_to(root)) if pngs else None
 
 
+def _rho(a: pd.Series, b: pd.Series) -> float:
+    """Spearman's rho, NaN when either side is constant or too short to rank."""
+    if len(a) < 3 or a.nunique() < 2 or b.nunique() < 2:
+        return float("nan")
+    return float(stats.spearmanr(a, b).statistic)
+
+
 def _pct(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
@@ -125,7 +132,7 @@ def _drop_blocks(root: Path) -> list[Finding]:
                 float(e1.iloc[0]) >= 0.8 * (1 - 1 / d.num_classes.iloc[0]) else
                 "does not reproduce", "mean error at k = 1 at least 80% of chance", fig))
             continue
-        rho = stats.spearmanr(d.k, d.mean_error).statistic if len(d) > 2 else float("nan")
+        rho = _rho(d.k, d.mean_error)
         jump = float(np.diff(d.mean_error.to_numpy()).max()) if len(d) > 1 else float("nan")
         n = n_units or int(d.k.max())
         k10 = round(10 / 54 * n)
@@ -149,7 +156,7 @@ def _reorder(root: Path) -> list[Finding]:
         return [Finding("Veit Fig. 5b", "reordering", "-", "not run", "-")]
     out = []
     for model, d in df.groupby("model", sort=False):
-        rho = stats.spearmanr(d.kendall_tau, d.error).statistic if len(d) > 2 else float("nan")
+        rho = _rho(d.kendall_tau, d.error)
         out.append(Finding(
             "Veit Fig. 5b",
             "Error rises smoothly as the block order departs from the original (Kendall's tau "

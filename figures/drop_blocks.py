@@ -10,11 +10,9 @@ its 95% t interval as a band, in the model family's colour; chance error dotted 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from os import PathLike
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -94,17 +92,8 @@ def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m figures.drop_blocks", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="+", type=Path, help="results.csv of the experiment")
-    p.add_argument("--out", type=Path, default=Path("."), help="output folder")
-    p.add_argument("--name", default="drop_blocks", help="file name without suffix")
-    p.add_argument("--note", default=None, help='caption, e.g. "quick run: 500 images"')
-    args = p.parse_args(argv)
-    for path in theme.save(plot([str(f) for f in args.results], note=args.note),
-                           args.out / args.name):
-        print(path)
-    return 0
+    p = theme.parser("drop_blocks", __doc__)
+    return theme.draw(plot, p.parse_args(argv))
 
 
 if __name__ == "__main__":

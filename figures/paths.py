@@ -8,11 +8,9 @@ Drawn from the tidy table of ``python -m ablate.paths``::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from os import PathLike
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -161,16 +159,8 @@ def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m figures.paths", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", type=Path, help="results.csv of python -m ablate.paths")
-    p.add_argument("--out", type=Path, default=Path("."), help="output folder")
-    p.add_argument("--name", default="paths", help="file name without suffix")
-    p.add_argument("--note", default=None, help="caption")
-    args = p.parse_args(argv)
-    for path in theme.save(plot(args.results, note=args.note), args.out / args.name):
-        print(path)
-    return 0
+    p = theme.parser("paths", __doc__)
+    return theme.draw(plot, p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,9 @@ The tau axis runs from 1 (original order) to the right, as in the paper.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from os import PathLike
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -113,18 +111,10 @@ def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None, bins: in
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m figures.reorder", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="+", type=Path, help="results.csv of the experiment")
-    p.add_argument("--out", type=Path, default=Path("."), help="output folder")
-    p.add_argument("--name", default="reorder", help="file name without suffix")
-    p.add_argument("--note", default=None, help='caption, e.g. "quick run: 500 images"')
+    p = theme.parser("reorder", __doc__)
     p.add_argument("--bins", type=int, default=8, help="bins of Kendall's tau for the means")
     args = p.parse_args(argv)
-    fig = plot([str(f) for f in args.results], note=args.note, bins=args.bins)
-    for path in theme.save(fig, args.out / args.name):
-        print(path)
-    return 0
+    return theme.draw(plot, args, bins=args.bins)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Nothing here touches matplotlib's global state at import time; :func:`figure`
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import tempfile
@@ -242,3 +243,23 @@ def percent_axis(ax, label: str = "test error (%)", *, lim: tuple[float, float] 
     ax.set_ylabel(label)
     ax.set_ylim(*lim)
     return ax
+
+
+def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The flags every ``python -m figures.<name>`` shares: result tables, --out, --name, --note."""
+    p = argparse.ArgumentParser(prog=f"python -m figures.{name}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", type=Path, help="results.csv written by the analysis")
+    p.add_argument("--out", type=Path, default=Path("."), help="output folder")
+    p.add_argument("--name", default=name, help="file name without suffix")
+    p.add_argument("--note", default=None, help='caption, e.g. "quick run: 500 images"')
+    return p
+
+
+def draw(plot, args: argparse.Namespace, **kw) -> int:
+    """Draw ``plot(results, note=..., **kw)`` from parsed ``args``, save it, print the paths."""
+    src = [str(f) for f in args.results]
+    for path in save(plot(src[0] if len(src) == 1 else src, note=args.note, **kw),
+                     args.out / args.name):
+        print(path)
+    return 0
