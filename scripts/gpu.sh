@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The GPU work of issues 3-5, for the device machine (H100/H200, torch 2.11, no captum, no
+# internet). Prepare here once:
+#   mkdir -p .data .whl && cp ../shared/data/cifar10-jpeg.tar.gz .data/
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl captum==0.9.0
+# then call the device with carry [".data", ".whl", "runs"] and a command such as
+#   bash scripts/gpu.sh train      # starts all six trainings in the background (setsid)
+#   bash scripts/gpu.sh status     # one line per run: the last epoch logged
+#   bash scripts/gpu.sh bench      # trainer vs DataLoader baseline; batched vs naive lesion sweep
+#   bash scripts/gpu.sh reproduce  # the full reproduction on the checkpoints in runs/gpu
+# Logs and JSON go under $OUT (the device tool's output folder) when it is set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:/tmp/site"
+[ -d /tmp/site ] || { [ -d .whl ] && python3 -m pip install -q --no-index --no-deps \
+  --no-compile --target /tmp/site .whl/*.whl; }
+DATA=.data/cifar10-jpeg.tar.gz
+RUNS=runs/gpu
+LOG=${OUT:-$RUNS}
+mkdir -p "$RUNS" "$LOG"
+case "${1:?train|status|bench|reproduce}" in
+  train)
+    # Several runs share one GPU; resnet110 and its stochastic-depth twin come first.
+    for spec in "resnet110" "resnet110 --stochastic-depth linear:0.5" "resnet56" "resnet20" \
+                "plain56" "plain20"; do
+      set -- $spec
+      name=$1; [ $# -gt 1 ] && name="$1-sd"
+      setsid nohup python3 -m ablate.train --model $spec --data $DATA --device cuda \
+        --out "$RUNS/$name" --no-progress $( [ -f "$RUNS/$name/last.pt" ] && echo --resume ) \
+        > "$RUNS/$name.log" 2>&1 < /dev/null &
+    done
+    sleep 120; tail -n 2 "$RUNS"/*.log | tee "$LOG/train-start.txt" ;;
+  status)
+    for f in "$RUNS"/*.log; do echo "$f: $(grep '^epoch' "$f" | tail -n 1)"; done \
+      | tee "$LOG/status.txt" ;;
+  bench)
+    nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv | tee "$LOG/gpu.txt"
+    python3 benchmarks/train_speed.py --model resnet110 --data $DATA --device cuda \
+      --out "$LOG/train_speed.json" 2>&1 | tee "$LOG/train_speed.log"
+    python3 benchmarks/lesion_sweep.py --model resnet110 --device cuda --n-images 10000 \
+      --out "$LOG/lesion_sweep.json" 2>&1 | tee "$LOG/lesion_sweep.log" ;;
+  reproduce)
+    mkdir -p "$RUNS/zoo"
+    for d in "$RUNS"/*/; do
+      for f in "$d"*.safetensors; do [ -e "$f" ] && cp "$f" "${f%.safetensors}.json" \
+        "${f%.safetensors}.log.csv" "$RUNS/zoo/" 2>/dev/null || true; done
+    done
+    ABLATE_CHECKPOINTS="$RUNS/zoo" python3 -m ablate.reproduce --device cuda \
+      --out "$RUNS/reproduction" 2>&1 | tee "$LOG/reproduce.log"
+    cp "$RUNS/reproduction/REPRODUCTION.md" "$LOG/" ;;
+esac
