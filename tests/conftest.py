@@ -14,10 +14,24 @@ from ablate import checkpoint, models
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP's spinning threads otherwise
+    contend with other processes and run many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
-    """Keep every decoded-data cache inside the test's temporary folder."""
+    """Keep every decoded-data cache inside the test's temporary folder, and let no test see
+    the checkpoints the package ships: tests make their own."""
     monkeypatch.setenv("ABLATE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    empty = tmp_path_factory.getbasetemp() / "no-checkpoints"
+    empty.mkdir(exist_ok=True)
+    monkeypatch.setenv("ABLATE_CHECKPOINTS", str(empty))
 
 
 def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,22 +14,12 @@ from ablate.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from ablate.errors import UsageError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP's spinning threads otherwise
-    contend with other processes and run many times slower. Restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def _no_bundled(tmp_path, monkeypatch):
     """Bundled checkpoints come from an empty folder here, whatever the package ships."""
     d = tmp_path / "bundled"
     d.mkdir()
-    monkeypatch.setattr(checkpoint, "BUNDLED_DIR", d)
+    monkeypatch.setenv("ABLATE_CHECKPOINTS", str(d))
     return d
 
 

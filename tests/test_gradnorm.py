@@ -18,14 +18,6 @@ from analyses import gradnorm
 from analyses import training_curves as tc
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _net(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     net = models.create(name)

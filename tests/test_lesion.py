@@ -15,55 +15,9 @@ from ablate import models
 from ablate.errors import UsageError
 from ablate.lesion import Variant, applied, evaluate_naive, evaluate_variants, forward_variants
 from ablate.measures import Outcome, mcnemar_exact, mean_interval, outcome, wilson_interval
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP's spinning threads otherwise
-    contend with other processes and run many times slower. Restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+from tests.helpers import randomise_bn, small_vgg
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-
-
-def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c, dt = m.num_features, m.weight.dtype
-                m.running_mean.copy_((torch.rand(c, generator=g) - 0.5).to(dt))
-                m.running_var.copy_((torch.rand(c, generator=g) + 0.5).to(dt))
-                m.weight.copy_((torch.rand(c, generator=g) + 0.5).to(dt))
-                m.bias.copy_((torch.rand(c, generator=g) * 0.6 - 0.3).to(dt))
-    return model
-
-
-def small_vgg(name: str) -> nn.Module:
-    """A torchvision VGG from the registry with its 100M-parameter head swapped for a small one.
-
-    Built on the meta device (the big head is never allocated), then the features are
-    materialised on the CPU and initialised as torchvision does.
-    """
-    with torch.device("meta"):
-        vgg = models.create(name, num_classes=10)
-    vgg.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-    vgg.classifier = nn.Sequential(
-        nn.Linear(512, 32), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(32, 10)
-    )
-    vgg.features.to_empty(device="cpu")
-    for m in vgg.features:
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            m.reset_parameters()
-    assert all(p.device.type == "cpu" for p in vgg.parameters())
-    return vgg
 
 
 def make(name: str, **kw) -> nn.Module:

@@ -10,6 +10,7 @@ from torch import nn
 from ablate import models
 from ablate.errors import UsageError
 from ablate.models.cifar_resnet import BasicBlock, PlainBlock, PreActBlock, ShortcutA
+from tests.helpers import randomise_bn
 
 # He et al. 2015, Table 6 / akamaster/pytorch_resnet_cifar10 README (option A shortcuts).
 PARAMS_A = {
@@ -21,31 +22,8 @@ PARAMS_A = {
     1202: 19_421_274,
 }
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP's spinning threads otherwise
-    contend with other processes and run many times slower. Restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def randomise_bn(model: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(c, generator=g) * 0.6 - 0.3)
 
 
 @pytest.mark.parametrize("depth", sorted(PARAMS_A))

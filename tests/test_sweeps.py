@@ -63,15 +63,6 @@ def _cache(fx, monkeypatch):
     monkeypatch.setenv("ABLATE_CACHE", str(fx.cache))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One thread: on a shared 2-core machine OpenMP's spinning threads cost more than they give."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _args(fx, *names: str, limit: int = N_IMAGES) -> list[str]:
     return ["--model", *names, "--checkpoint", *[str(fx.ckpt[n]) for n in names],
             "--data", str(fx.data), "--limit", str(limit), "--device", "cpu"]

@@ -38,15 +38,6 @@ CLASSES = ("a", "b", "c", "d")
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two OpenMP threads on a busy 2-core machine are 50x slower than one for these tiny nets.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def synthetic(n: int, split: str, seed: int = 0, hw: int = 16) -> D.Dataset:
     """Four classes, each a colour plus noise: learnable in a few steps."""
     g = torch.Generator().manual_seed(seed)
