@@ -82,7 +82,6 @@ def load_models(args: argparse.Namespace, allow_init: bool = False) -> list[Load
     seen = [m.name for m in out]
     if len(set(seen)) != len(seen):
         raise UsageError(f"models repeat ({', '.join(seen)}): name each one once")
-    args._loaded_models = out  # so that load_data can check the data against them
     return out
 
 
@@ -108,15 +107,14 @@ _KNOWN_CLASSES = {None: ("cifar10-jpeg", 10), "bundled": ("cifar10-jpeg", 10),
 def load_data(args: argparse.Namespace, loaded: Sequence[Loaded] | None = None) -> Dataset:
     """Load ``--data``/``--split`` with ``--resize``/``--crop``, checked against the models.
 
-    ``loaded`` defaults to what ``load_models(args)`` returned. A torchvision model must have as
+    ``loaded`` are the models from ``load_models(args)``. A torchvision model must have as
     many outputs as the data has classes (a fresh one: at least as many); ImageNet-trained ones
     (``--weights``, or 1000 outputs from a checkpoint) get the ImageNet evaluation preprocessing,
     ``--resize 256 --crop 224``, unless ``--resize`` or ``--crop`` is given.
     """
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be at least 1, not {args.limit}")
-    if loaded is None:
-        loaded = getattr(args, "_loaded_models", None) or []
+    loaded = loaded or []
     resize, crop = getattr(args, "resize", None), getattr(args, "crop", None)
     tv = [m for m in loaded if not models.is_cifar(m.arch)]
     key = None if args.data is None else str(args.data)

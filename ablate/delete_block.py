@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.device = distributed.device(args.device)
     loaded = cli.load_models(args)
-    ds = cli.load_data(args)
+    ds = cli.load_data(args, loaded)
     main_rank = distributed.is_main()  # under torchrun only rank 0 writes files
     out = cli.default_out("delete_block", loaded) if args.out is None else Path(args.out)
     if main_rank:

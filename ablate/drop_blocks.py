@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = cli.load_models(args)
     for m in loaded:  # refuse a bad --max-k for any model before computing anything
         drop_blocks.check(m, args.max_k, args.samples, args.include_downsampling)
-    ds = cli.load_data(args)
+    ds = cli.load_data(args, loaded)
     main_rank = distributed.is_main()
     out = cli.default_out("drop_blocks", loaded) if args.out is None else Path(args.out)
     table = Table(out / "results.csv" if main_rank else None, drop_blocks.KEY)

@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = cli.load_models(args, allow_init=True)
     if args.limit is None:
         args.limit = 1024 if next(loaded[0].model.parameters()).is_cuda else 256
-    ds = cli.load_data(args)
+    ds = cli.load_data(args, loaded)
     out = cli.default_out("gradnorm", loaded) if args.out is None else Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = Table(out / "results.csv", analysis.KEY)

@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     samples = args.samples or (32 if gpu else 8)
     if args.limit is None:
         args.limit = 256 if gpu else 32
-    ds = cli.load_data(args)
+    ds = cli.load_data(args, loaded)
     out = cli.default_out("paths", loaded) if args.out is None else Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = Table(out / "gradients.csv", analysis.KEY)

@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = cli.load_models(args)
     for m in loaded:  # refuse plain nets and bad numbers before computing anything
         reorder.check(m, args.max_swaps, args.samples)
-    ds = cli.load_data(args)
+    ds = cli.load_data(args, loaded)
     main_rank = distributed.is_main()
     out = cli.default_out("reorder", loaded) if args.out is None else Path(args.out)
     table = Table(out / "results.csv" if main_rank else None, reorder.KEY)
