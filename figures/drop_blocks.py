@@ -28,24 +28,7 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 def read(source: pd.DataFrame | str | PathLike | Sequence[str | PathLike]) -> pd.DataFrame:
     """The drop-blocks table as a clean DataFrame (from a frame, a CSV, or several CSVs)."""
-    if isinstance(source, pd.DataFrame):
-        df = source.copy()
-    elif isinstance(source, (str, PathLike)):
-        df = pd.read_csv(source)
-    else:
-        df = pd.concat([pd.read_csv(p) for p in source], ignore_index=True)
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise ValueError(f"drop-blocks table lacks column(s) {missing}")
-    if df.empty:
-        raise ValueError("drop-blocks table is empty")
-    df["model"] = df["model"].astype(str)
-    fam = df["family"] if "family" in df.columns else pd.Series(np.nan, index=df.index)
-    df["family"] = fam.where(fam.isin(list(theme.FAMILY_COLORS)), df["model"].map(theme.family_of))
-    dup = df.duplicated(["model", "k", "sample"], keep=False)
-    if dup.any():
-        raise ValueError("several rows per (model, k, sample); filter by dataset/seed first")
-    return df.sort_values(["model", "k", "sample"], kind="stable").reset_index(drop=True)
+    return theme.table(source, REQUIRED, ("model", "k", "sample"), "drop-blocks")
 
 
 def _order(df: pd.DataFrame) -> list[str]:

@@ -57,30 +57,10 @@ def read(source: pd.DataFrame | str | PathLike | Sequence[str | PathLike]) -> pd
     ``downsample`` to bool, sorts by model and block, and rejects duplicate
     (model, block) rows (e.g. two datasets mixed: filter first).
     """
-    if isinstance(source, pd.DataFrame):
-        df = source.copy()
-    elif isinstance(source, (str, PathLike)):
-        df = pd.read_csv(source)
-    else:
-        df = pd.concat([pd.read_csv(p) for p in source], ignore_index=True)
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise ValueError(f"single-block table lacks column(s) {missing}")
-    if df.empty:
-        raise ValueError("single-block table is empty")
-    df["model"] = df["model"].astype(str)
-    fam = df["family"] if "family" in df.columns else pd.Series(np.nan, index=df.index)
-    known = fam.isin(list(theme.FAMILY_COLORS))
-    df["family"] = fam.where(known, df["model"].map(theme.family_of))
+    df = theme.table(source, REQUIRED, ("model", "block"), "single-block")
     if "downsample" in df.columns:
         df["downsample"] = _as_bool(df["downsample"])
-    dup = df.duplicated(["model", "block"], keep=False)
-    if dup.any():
-        rows = df.loc[dup, ["model", "block"]].drop_duplicates().head(3).to_dict("records")
-        raise ValueError(
-            f"several rows per (model, block), e.g. {rows}; filter by dataset/split first"
-        )
-    return df.sort_values(["model", "block"], kind="stable").reset_index(drop=True)
+    return df
 
 
 def panel_of(row_family: str, panel: object = None) -> str:

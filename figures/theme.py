@@ -10,11 +10,13 @@ import argparse
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib as mpl
+import numpy as np
+import pandas as pd
 
 __all__ = [
     "DPI",
@@ -263,3 +265,32 @@ def draw(plot, args: argparse.Namespace, **kw) -> int:
                      args.out / args.name):
         print(path)
     return 0
+
+
+def table(source, required: Sequence[str], key: Sequence[str], what: str) -> pd.DataFrame:
+    """A result table as a clean DataFrame, from a frame, a CSV path or several CSV paths.
+
+    Checks the ``required`` columns, fills ``family`` from the model name where missing or
+    unknown, refuses several rows per ``key`` (e.g. two data sets mixed: filter first) and sorts
+    by ``key``.
+    """
+    if isinstance(source, pd.DataFrame):
+        df = source.copy()
+    elif isinstance(source, (str, os.PathLike)):
+        df = pd.read_csv(source)
+    else:
+        df = pd.concat([pd.read_csv(p) for p in source], ignore_index=True)
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} table lacks column(s) {missing}")
+    if df.empty:
+        raise ValueError(f"{what} table is empty")
+    df["model"] = df["model"].astype(str)
+    fam = df["family"] if "family" in df.columns else pd.Series(np.nan, index=df.index)
+    df["family"] = fam.where(fam.isin(list(FAMILY_COLORS)), df["model"].map(family_of))
+    dup = df.duplicated(list(key), keep=False)
+    if dup.any():
+        rows = df.loc[dup, list(key)].drop_duplicates().head(3).to_dict("records")
+        raise ValueError(f"several rows per {tuple(key)} in the {what} table, e.g. {rows}; "
+                         "filter by dataset, split or seed first")
+    return df.sort_values(list(key), kind="stable").reset_index(drop=True)
