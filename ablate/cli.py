@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from torch import nn
@@ -16,6 +17,9 @@ from .checkpoint import Loaded
 from .data import Dataset
 from .errors import UsageError
 from .measures import resolve_device
+
+if TYPE_CHECKING:
+    from analyses.table import Table
 
 __all__ = ["parser", "load_models", "load_data", "parse_indices", "Timer", "print_table"]
 
@@ -227,3 +231,36 @@ def write_outputs(
         note = f"{ds.name}, {len(ds)} images" if args.limit is not None else None
     plot = importlib.import_module(f"figures.{figure}").plot
     print("figure:", *save(plot(df, note=note), out / figure), file=sys.stderr)
+
+
+def sweep_table(args: argparse.Namespace, loaded: Sequence[Loaded], command: str,
+                key: Sequence[str]) -> tuple[Path, Table]:
+    """The output folder and its resumable results table. Under torchrun only rank 0 writes;
+    the other ranks keep their rows in memory."""
+    from analyses.table import Table
+
+    from . import distributed
+
+    out = default_out(command, loaded) if args.out is None else Path(args.out)
+    main_rank = distributed.is_main()
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+    return out, Table(out / "results.csv" if main_rank else None, key)
+
+
+def finish_sweep(
+    out: Path, meta: dict, loaded: Sequence[Loaded], ds: Dataset, args: argparse.Namespace,
+    timer: Timer, frames: Sequence[pd.DataFrame], figure: str,
+    summary: Callable[[pd.DataFrame], None],
+) -> int:
+    """On rank 0: meta.json, the figure and the printed summary; every rank: leave the group."""
+    from . import distributed
+
+    if distributed.is_main():
+        df = pd.concat(frames, ignore_index=True)
+        meta = {**meta, "world_size": distributed.rank_world()[1]}
+        write_outputs(out, meta, loaded, ds, args, timer, df, figure)
+        summary(df)
+        print(f"results: {out / 'results.csv'}", file=sys.stderr)
+    distributed.finish()
+    return 0

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 
 from analyses import single_block
-from analyses.table import Table
 
 from . import cli, distributed
 from .blocks import blocks
@@ -30,11 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.device = distributed.device(args.device)
     loaded = cli.load_models(args)
     ds = cli.load_data(args, loaded)
-    main_rank = distributed.is_main()  # under torchrun only rank 0 writes files
-    out = cli.default_out("delete_block", loaded) if args.out is None else Path(args.out)
-    if main_rank:
-        out.mkdir(parents=True, exist_ok=True)
-    table = Table(out / "results.csv" if main_rank else None, single_block.KEY)
+    out, table = cli.sweep_table(args, loaded, "delete_block", single_block.KEY)
+    main_rank = distributed.is_main()
     timer = cli.Timer()
     frames = []
     for m in loaded:
@@ -43,19 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             single_block.check_deletable(m, idx)
         frames.append(single_block.run(m, ds, indices=idx, table=table,
                                        batch_size=cli.batch_size(args, m), progress=main_rank))
-    if not main_rank:
-        distributed.finish()
-        return 0
-    df = pd.concat(frames, ignore_index=True)
     meta = {
         "analysis": "single_block",
         "paper": "Veit et al. 2016, Figs. 3 and 8",
     }
-    cli.write_outputs(out, meta, loaded, ds, args, timer, df, "single_block")
-    _summary(df)
-    print(f"results: {out / 'results.csv'}", file=sys.stderr)
-    distributed.finish()
-    return 0
+    return cli.finish_sweep(out, meta, loaded, ds, args, timer, frames, "single_block", _summary)
 
 
 def _summary(df: pd.DataFrame) -> None:

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 
 from analyses import drop_blocks
-from analyses.table import Table
 
 from . import cli, distributed
 from .errors import cli_main
@@ -37,11 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for m in loaded:  # refuse a bad --max-k for any model before computing anything
         drop_blocks.check(m, args.max_k, args.samples, args.include_downsampling)
     ds = cli.load_data(args, loaded)
+    out, table = cli.sweep_table(args, loaded, "drop_blocks", drop_blocks.KEY)
     main_rank = distributed.is_main()
-    out = cli.default_out("drop_blocks", loaded) if args.out is None else Path(args.out)
-    table = Table(out / "results.csv" if main_rank else None, drop_blocks.KEY)
-    if main_rank:
-        out.mkdir(parents=True, exist_ok=True)
     timer = cli.Timer()
     frames = [
         drop_blocks.run(m, ds, max_k=args.max_k, samples=args.samples, seed=args.seed,
@@ -49,23 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         batch_size=cli.batch_size(args, m), progress=main_rank)
         for m in loaded
     ]
-    if not main_rank:
-        distributed.finish()
-        return 0
-    df = pd.concat(frames, ignore_index=True)
     meta = {
         "analysis": "drop_blocks",
         "paper": "Veit et al. 2016, Fig. 5a",
         "samples": args.samples,
         "max_k": args.max_k,
         "include_downsampling": args.include_downsampling,
-        "world_size": distributed.rank_world()[1],
     }
-    cli.write_outputs(out, meta, loaded, ds, args, timer, df, "drop_blocks")
-    _summary(df)
-    print(f"results: {out / 'results.csv'}", file=sys.stderr)
-    distributed.finish()
-    return 0
+    return cli.finish_sweep(out, meta, loaded, ds, args, timer, frames, "drop_blocks", _summary)
 
 
 def _summary(df: pd.DataFrame) -> None:

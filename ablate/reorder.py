@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 
 from analyses import reorder
-from analyses.table import Table
 
 from . import cli, distributed
 from .errors import cli_main
@@ -36,33 +34,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     for m in loaded:  # refuse plain nets and bad numbers before computing anything
         reorder.check(m, args.max_swaps, args.samples)
     ds = cli.load_data(args, loaded)
+    out, table = cli.sweep_table(args, loaded, "reorder", reorder.KEY)
     main_rank = distributed.is_main()
-    out = cli.default_out("reorder", loaded) if args.out is None else Path(args.out)
-    table = Table(out / "results.csv" if main_rank else None, reorder.KEY)
-    if main_rank:
-        out.mkdir(parents=True, exist_ok=True)
     timer = cli.Timer()
     frames = [
         reorder.run(m, ds, max_swaps=args.max_swaps, samples=args.samples, seed=args.seed,
                     table=table, batch_size=cli.batch_size(args, m), progress=main_rank)
         for m in loaded
     ]
-    if not main_rank:
-        distributed.finish()
-        return 0
-    df = pd.concat(frames, ignore_index=True)
     meta = {
         "analysis": "reorder",
         "paper": "Veit et al. 2016, Fig. 5b",
         "samples": args.samples,
         "max_swaps": args.max_swaps,
-        "world_size": distributed.rank_world()[1],
     }
-    cli.write_outputs(out, meta, loaded, ds, args, timer, df, "reorder")
-    _summary(df)
-    print(f"results: {out / 'results.csv'}", file=sys.stderr)
-    distributed.finish()
-    return 0
+    return cli.finish_sweep(out, meta, loaded, ds, args, timer, frames, "reorder", _summary)
 
 
 def _summary(df: pd.DataFrame) -> None:
