@@ -21,15 +21,16 @@ from ablate.blocks import blocks
 from ablate.checkpoint import Loaded
 from ablate.data import Dataset
 from ablate.errors import UsageError
-from ablate.lesion import Variant, evaluate_variants
-from ablate.measures import Outcome, mean_interval
+from ablate.lesion import Variant
+from ablate.measures import mean_interval
 
 from .context import condition
 from .single_block import deletable
+from .sweep import outcome_columns, sweep
 from .table import Table
 
 __all__ = [
-    "KEY", "candidates", "check", "default_max_k", "draw", "model_key", "outcome_columns", "run",
+    "KEY", "candidates", "check", "default_max_k", "draw", "model_key", "run",
     "samples_for", "summary",
 ]
 
@@ -63,14 +64,6 @@ def draw(seed: int, model: str, cands: Sequence[int], k: int, sample: int) -> li
     """The ``sample``-th random set of ``k`` units of ``cands`` for ``model`` (sorted)."""
     rng = np.random.default_rng([seed, model_key(model), k, sample])
     return sorted(int(i) for i in rng.choice(np.asarray(cands), size=k, replace=False))
-
-
-def outcome_columns(out: Outcome) -> dict:
-    """errors, error with its Wilson interval, mean loss with its t interval."""
-    lo, hi = out.error_interval()
-    loss, loss_lo, loss_hi = out.loss_interval()
-    return {"errors": out.errors, "error": out.error, "error_low": lo, "error_high": hi,
-            "loss": loss, "loss_low": loss_lo, "loss_high": loss_hi}
 
 
 def check(loaded: Loaded, max_k: int | None, samples: int, include_downsampling: bool) -> int:
@@ -130,18 +123,14 @@ def run(
     _fix_sets(table)
     todo = distributed.broadcast(table.missing(keys))
     units = blocks(loaded.model)
-    norm = {"mean": loaded.mean, "std": loaded.std}
-    for part in distributed.parts(todo, group):
-        sets = [draw(seed, loaded.name, cands, key["k"], key["sample"]) for key in part]
-        outs = evaluate_variants(
-            loaded.model, ds.images, ds.labels, [Variant.deleting(s) for s in sets],
-            batch_size=batch_size, max_rows=max_rows, progress=progress,
-            desc=f"{loaded.name} k={part[0]['k']}-{part[-1]['k']}", **norm,
-        ) if part else []
-        rows = [{**key, "n_candidates": len(cands), "deleted": " ".join(map(str, s)),
-                 "deleted_names": " ".join(units[i].name for i in s), **outcome_columns(o)}
-                for key, s, o in zip(part, sets, outs)]
-        table.add(distributed.gather(rows))
+    items = [(key, draw(seed, loaded.name, cands, key["k"], key["sample"])) for key in todo]
+    sweep(loaded, ds, table, items, lambda it: Variant.deleting(it[1]),
+          lambda it, o: {**it[0], "n_candidates": len(cands),
+                         "deleted": " ".join(map(str, it[1])),
+                         "deleted_names": " ".join(units[i].name for i in it[1]),
+                         **outcome_columns(o)},
+          lambda part: f"k={part[0][0]['k']}-{part[-1][0]['k']}",
+          group=group, batch_size=batch_size, max_rows=max_rows, progress=progress)
     sel = table.select(**base)
     if sel.empty:
         return sel

@@ -19,10 +19,11 @@ from ablate.blocks import blocks
 from ablate.checkpoint import Loaded
 from ablate.data import Dataset
 from ablate.errors import UsageError
-from ablate.lesion import Variant, evaluate_variants
+from ablate.lesion import Variant
 
 from .context import condition
-from .drop_blocks import model_key, outcome_columns
+from .drop_blocks import model_key
+from .sweep import outcome_columns, sweep
 from .table import Table
 
 __all__ = ["KEY", "check", "draw", "kendall_tau", "pairs", "run"]
@@ -94,19 +95,14 @@ def run(
     keys = [{**base, "k": k, "sample": s}
             for k in range(max_swaps + 1) for s in range(1 if k == 0 else samples)]
     todo = distributed.broadcast(table.missing(keys))
-    norm = {"mean": loaded.mean, "std": loaded.std}
-    for part in distributed.parts(todo, group):
-        orders = [draw(seed, loaded.name, n_units, compatible, key["k"], key["sample"])
-                  for key in part]
-        outs = evaluate_variants(
-            loaded.model, ds.images, ds.labels, [Variant.reordered(o) for o in orders],
-            batch_size=batch_size, max_rows=max_rows, progress=progress,
-            desc=f"{loaded.name} swaps={part[0]['k']}-{part[-1]['k']}", **norm,
-        ) if part else []
-        rows = [{**key, "order": " ".join(map(str, o)), "kendall_tau": kendall_tau(o),
-                 "moved": sum(i != s for i, s in enumerate(o)), **outcome_columns(out)}
-                for key, o, out in zip(part, orders, outs)]
-        table.add(distributed.gather(rows))
+    items = [(key, draw(seed, loaded.name, n_units, compatible, key["k"], key["sample"]))
+             for key in todo]
+    sweep(loaded, ds, table, items, lambda it: Variant.reordered(it[1]),
+          lambda it, o: {**it[0], "order": " ".join(map(str, it[1])),
+                         "kendall_tau": kendall_tau(it[1]),
+                         "moved": sum(i != s for i, s in enumerate(it[1])), **outcome_columns(o)},
+          lambda part: f"swaps={part[0][0]['k']}-{part[-1][0]['k']}",
+          group=group, batch_size=batch_size, max_rows=max_rows, progress=progress)
     sel = table.select(**base)
     if sel.empty:
         return sel

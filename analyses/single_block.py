@@ -16,10 +16,11 @@ from ablate.blocks import blocks
 from ablate.checkpoint import Loaded
 from ablate.data import Dataset
 from ablate.errors import UsageError
-from ablate.lesion import Variant, evaluate_variants
+from ablate.lesion import Variant
 from ablate.measures import Outcome, evaluate, mcnemar_exact
 
 from .context import condition
+from .sweep import outcome_columns, sweep
 from .table import Table
 
 __all__ = ["KEY", "check_deletable", "deletable", "row", "run"]
@@ -56,14 +57,12 @@ def _ranges(idx: Sequence[int]) -> str:
 
 
 def row(base: dict, b, out: Outcome, intact: Outcome) -> dict:
-    lo, hi = out.error_interval()
-    loss, loss_lo, loss_hi = out.loss_interval()
+    """One deleted unit's row: its outcome, the change against the intact net, McNemar's p."""
     return {
         **base, "block": b.index, "block_name": b.name, "stage": b.stage,
-        "downsample": b.changes_shape, "kind": b.kind, "errors": out.errors, "error": out.error,
-        "error_low": lo, "error_high": hi, "intact_error": intact.error,
-        "error_change": out.error - intact.error, "loss": loss, "loss_low": loss_lo,
-        "loss_high": loss_hi, "intact_loss": float(intact.loss.mean()),
+        "downsample": b.changes_shape, "kind": b.kind, **outcome_columns(out),
+        "intact_error": intact.error, "error_change": out.error - intact.error,
+        "intact_loss": float(intact.loss.mean()),
         "p_value": mcnemar_exact(out.correct, intact.correct),
     }
 
@@ -93,14 +92,10 @@ def run(
     if todo:
         intact = evaluate(loaded.model, ds.images, ds.labels, batch_size=batch_size,
                           progress=progress, desc=f"{loaded.name} intact", **norm)
-        for part in distributed.parts(todo, group):  # all of todo unless run under torchrun
-            outs = evaluate_variants(
-                loaded.model, ds.images, ds.labels, [Variant.deleting(i) for i in part],
-                batch_size=batch_size, max_rows=max_rows, progress=progress,
-                desc=f"{loaded.name} blocks {part[0]}-{part[-1]}", **norm,
-            ) if part else []
-            rows = [row(base, units[i], o, intact) for i, o in zip(part, outs)]
-            table.add(distributed.gather(rows))
+        sweep(loaded, ds, table, todo, Variant.deleting,
+              lambda i, o: row(base, units[i], o, intact),
+              lambda part: f"blocks {part[0]}-{part[-1]}",
+              group=group, batch_size=batch_size, max_rows=max_rows, progress=progress)
     sel = table.select(model=base["model"], checkpoint_sha256=base["checkpoint_sha256"],
                        dataset=base["dataset"], split=base["split"], n_images=base["n_images"])
     if sel.empty:  # a torchrun rank other than 0 holds no rows

@@ -63,10 +63,10 @@ def test_resume_reuses_rows(tmp_path, cifar_batches, tiny_checkpoints, monkeypat
     assert main([*args, "--blocks", "0-3"]) == 0
     first = pd.read_csv(out / "results.csv")
     calls = []
-    import analyses.single_block as sb
+    import analyses.sweep
 
-    real = sb.evaluate_variants
-    monkeypatch.setattr(sb, "evaluate_variants",
+    real = analyses.sweep.evaluate_variants
+    monkeypatch.setattr(analyses.sweep, "evaluate_variants",
                         lambda m, x, y, vs, **kw: calls.append(len(vs)) or real(m, x, y, vs, **kw))
     assert main(args) == 0
     assert calls == [5]  # only blocks 4..8 were computed

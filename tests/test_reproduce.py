@@ -46,8 +46,8 @@ def test_quick_reproduction_is_complete_and_idempotent(tmp_path, zoo, image_fold
     assert "resnet20" in report and "plain20" in report
 
     # A second run reuses every finished row: the batched engine is not called again.
-    import analyses.single_block as sb
     from ablate import lesion
+    from analyses import sweep as sweep_module
 
     calls = []
     real = lesion.evaluate_variants
@@ -56,7 +56,7 @@ def test_quick_reproduction_is_complete_and_idempotent(tmp_path, zoo, image_fold
         calls.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(sb, "evaluate_variants", spy)
+    monkeypatch.setattr(sweep_module, "evaluate_variants", spy)
     before = {a: pd.read_csv(out / "results" / a / "results.csv") for a in analyses[:3]}
     assert reproduce.main(args) == 0
     assert calls == []

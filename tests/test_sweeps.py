@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+import analyses.sweep
 from ablate import checkpoint, lesion, models
 from ablate import data as data_mod
 from ablate import drop_blocks as drop_cli
@@ -140,8 +141,9 @@ def test_reorder_rows_equal_naive_and_tau(fx):
     _same_as_naive(m, ds, df, [Variant.reordered(o) for o in orders])
 
 
-def _counting(monkeypatch, module, fail_after: int | None = None) -> list[int]:
-    """Count the variants each engine call evaluates (optionally interrupt a later call)."""
+def _counting(monkeypatch, fail_after: int | None = None) -> list[int]:
+    """Count the variants each engine call of a sweep evaluates (optionally interrupt a later
+    call)."""
     calls: list[int] = []
     real = lesion.evaluate_variants
 
@@ -151,7 +153,7 @@ def _counting(monkeypatch, module, fail_after: int | None = None) -> list[int]:
         calls.append(len(variants))
         return real(model, images, labels, variants, **kw)
 
-    monkeypatch.setattr(module, "evaluate_variants", counted)
+    monkeypatch.setattr(analyses.sweep, "evaluate_variants", counted)
     return calls
 
 
@@ -160,7 +162,7 @@ def _sorted(path: Path, key) -> pd.DataFrame:
 
 
 def test_resumed_drop_blocks_equals_uninterrupted(fx, tmp_path, monkeypatch):
-    calls = _counting(monkeypatch, drop_blocks)
+    calls = _counting(monkeypatch)
     base = [*_args(fx, "resnet20"), "--samples", "2", "--no-figure"]
     assert drop_cli.main([*base, "--max-k", "2", "--out", str(tmp_path / "a")]) == 0
     assert sum(calls) == 1 + 2 + 2
@@ -177,11 +179,11 @@ def test_interrupted_reorder_resumes(fx, tmp_path, monkeypatch):
     m, ds = _load(fx, "resnet20"), _data(fx)
     path = tmp_path / "results.csv"
     kw = {"max_swaps": 2, "samples": 2, "group": 2, "progress": False}
-    _counting(monkeypatch, reorder, fail_after=1)
+    _counting(monkeypatch, fail_after=1)
     with pytest.raises(KeyboardInterrupt):
         reorder.run(m, ds, table=Table(path, reorder.KEY), **kw)
     assert len(pd.read_csv(path)) == 2  # the first group was kept
-    calls = _counting(monkeypatch, reorder)
+    calls = _counting(monkeypatch)
     resumed = reorder.run(m, ds, table=Table(path, reorder.KEY), **kw)
     assert sum(calls) == 5 - 2
     whole = reorder.run(m, ds, **kw)
