@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 
@@ -48,9 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit is None:
         args.limit = 512 if next(loaded[0].model.parameters()).is_cuda else 64
     ds = cli.load_data(args, loaded)
-    out = cli.default_out("attribution", loaded) if args.out is None else Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = Table(out / "results.csv", analysis.KEY)
+    out, table = cli.results_table(args, loaded, "attribution", analysis.KEY)
     lesion = Table(out / "single_block.csv", single_block.KEY)
     timer = cli.Timer()
     frames = []

@@ -233,9 +233,11 @@ def write_outputs(
     print("figure:", *save(plot(df, note=note), out / figure), file=sys.stderr)
 
 
-def sweep_table(args: argparse.Namespace, loaded: Sequence[Loaded], command: str,
-                key: Sequence[str]) -> tuple[Path, Table]:
-    """The output folder and its resumable results table. Under torchrun only rank 0 writes;
+def results_table(
+    args: argparse.Namespace, loaded: Sequence[Loaded], command: str, key: Sequence[str],
+    name: str = "results.csv",
+) -> tuple[Path, Table]:
+    """The output folder and its resumable table ``name``. Under torchrun only rank 0 writes;
     the other ranks keep their rows in memory."""
     from analyses.table import Table
 
@@ -245,7 +247,7 @@ def sweep_table(args: argparse.Namespace, loaded: Sequence[Loaded], command: str
     main_rank = distributed.is_main()
     if main_rank:
         out.mkdir(parents=True, exist_ok=True)
-    return out, Table(out / "results.csv" if main_rank else None, key)
+    return out, Table(out / name if main_rank else None, key)
 
 
 def finish_sweep(

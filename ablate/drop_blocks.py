@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for m in loaded:  # refuse a bad --max-k for any model before computing anything
         drop_blocks.check(m, args.max_k, args.samples, args.include_downsampling)
     ds = cli.load_data(args, loaded)
-    out, table = cli.sweep_table(args, loaded, "drop_blocks", drop_blocks.KEY)
+    out, table = cli.results_table(args, loaded, "drop_blocks", drop_blocks.KEY)
     main_rank = distributed.is_main()
     timer = cli.Timer()
     frames = [

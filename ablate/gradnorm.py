@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 
 from analyses import gradnorm as analysis
-from analyses.table import Table
 
 from . import cli
 from .errors import UsageError, cli_main
@@ -45,9 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit is None:
         args.limit = 1024 if next(loaded[0].model.parameters()).is_cuda else 256
     ds = cli.load_data(args, loaded)
-    out = cli.default_out("gradnorm", loaded) if args.out is None else Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = Table(out / "results.csv", analysis.KEY)
+    out, table = cli.results_table(args, loaded, "gradnorm", analysis.KEY)
     timer = cli.Timer()
     bs = args.batch_size or 128
     if bs < 1:

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 
 from analyses import paths as analysis
-from analyses.table import Table
 
 from . import cli
 from .errors import UsageError, cli_main
@@ -73,9 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit is None:
         args.limit = 256 if gpu else 32
     ds = cli.load_data(args, loaded)
-    out = cli.default_out("paths", loaded) if args.out is None else Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = Table(out / "gradients.csv", analysis.KEY)
+    out, table = cli.results_table(args, loaded, "paths", analysis.KEY, "gradients.csv")
     timer = cli.Timer()
     frames = []
     for m in loaded:

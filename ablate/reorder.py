@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for m in loaded:  # refuse plain nets and bad numbers before computing anything
         reorder.check(m, args.max_swaps, args.samples)
     ds = cli.load_data(args, loaded)
-    out, table = cli.sweep_table(args, loaded, "reorder", reorder.KEY)
+    out, table = cli.results_table(args, loaded, "reorder", reorder.KEY)
     main_rank = distributed.is_main()
     timer = cli.Timer()
     frames = [

@@ -43,3 +43,14 @@ def small_vgg(name: str) -> nn.Module:
             m.reset_parameters()
     assert all(p.device.type == "cpu" for p in vgg.parameters())
     return vgg
+
+
+def pad_a(x: torch.Tensor, planes: int) -> torch.Tensor:
+    """Option-A shortcut written out: every second pixel, channels centred in zeros."""
+    if x.shape[1] == planes:
+        return x
+    sub = x[:, :, ::2, ::2]
+    out = torch.zeros(x.shape[0], planes, *sub.shape[2:], dtype=x.dtype)
+    pad = (planes - x.shape[1]) // 2
+    out[:, pad:pad + x.shape[1]] = sub
+    return out

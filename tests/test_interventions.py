@@ -19,7 +19,7 @@ from ablate import models
 from ablate.blocks import blocks
 from ablate.errors import UsageError
 from ablate.interventions import Linear, delete, drop, linear, reorder, scale, swapped
-from tests.helpers import randomise_bn, small_vgg
+from tests.helpers import pad_a, randomise_bn, small_vgg
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -44,17 +44,6 @@ def make(name: str, vggs=None, **kw) -> nn.Module:
 def images(n: int = 4, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed),
                        dtype=torch.float64)
-
-
-def pad_a(x: torch.Tensor, planes: int) -> torch.Tensor:
-    """Option-A shortcut written out: every second pixel, channels centred in zeros."""
-    if x.shape[1] == planes:
-        return x
-    sub = x[:, :, ::2, ::2]
-    out = torch.zeros(x.shape[0], planes, *sub.shape[2:], dtype=x.dtype)
-    pad = (planes - x.shape[1]) // 2
-    out[:, pad:pad + x.shape[1]] = sub
-    return out
 
 
 def cifar_blocks(model: nn.Module) -> list[nn.Module]:

@@ -10,7 +10,7 @@ from torch import nn
 from ablate import models
 from ablate.errors import UsageError
 from ablate.models.cifar_resnet import BasicBlock, PlainBlock, PreActBlock, ShortcutA
-from tests.helpers import randomise_bn
+from tests.helpers import pad_a, randomise_bn
 
 # He et al. 2015, Table 6 / akamaster/pytorch_resnet_cifar10 README (option A shortcuts).
 PARAMS_A = {
@@ -161,17 +161,6 @@ def test_linear_survival_rule():
     assert ps[-1] == pytest.approx(0.5) and ps[0] == pytest.approx(1 - 0.5 / 54)
 
 
-def _shortcut_by_hand(x: torch.Tensor, planes: int) -> torch.Tensor:
-    """Option A written out: take every second pixel, put the channels in the middle of zeros."""
-    if x.shape[1] == planes:
-        return x
-    sub = x[:, :, ::2, ::2]
-    out = torch.zeros(x.shape[0], planes, *sub.shape[2:], dtype=x.dtype)
-    pad = (planes - x.shape[1]) // 2
-    out[:, pad:pad + x.shape[1]] = sub
-    return out
-
-
 def test_stochastic_depth_survival_and_eval_forward():
     torch.manual_seed(0)
     model = models.create("resnet110", stochastic_depth=0.5).double().eval()
@@ -186,11 +175,11 @@ def test_stochastic_depth_survival_and_eval_forward():
         h = F.relu(model.bn1(model.conv1(x)))
         for m in res:
             branch = m.bn2(m.conv2(F.relu(m.bn1(m.conv1(h)))))
-            expect = F.relu(branch * m.survival + _shortcut_by_hand(h, m.conv2.out_channels))
+            expect = F.relu(branch * m.survival + pad_a(h, m.conv2.out_channels))
             got = m(h)
             assert torch.equal(got, expect)
             # and it is not the un-scaled block (p_l < 1 changes the output)
-            assert not torch.equal(got, F.relu(branch + _shortcut_by_hand(h, m.conv2.out_channels)))
+            assert not torch.equal(got, F.relu(branch + pad_a(h, m.conv2.out_channels)))
             h = got
 
 
