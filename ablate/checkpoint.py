@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import models
+from .models import weights as published
 from .errors import UsageError
 from .io import atomic_write, sha256_file, write_json
 
@@ -109,8 +110,8 @@ def load(
     checkpoint, the bundled one called ``model`` is used; ``weights`` selects torchvision's
     pretrained weights; ``allow_init`` permits a freshly initialised network.
     """
-    if checkpoint is None and model is not None and bundled(model) is not None:
-        checkpoint = bundled(model)
+    if checkpoint is None and model is not None and weights is None:
+        checkpoint = bundled(model) or _published(model)
     if checkpoint is not None:
         loaded = _load_file(Path(checkpoint), model)
     elif model is None:
@@ -140,6 +141,26 @@ def load(
         )
     loaded.model.to(device).eval()
     return loaded
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ABLATE_CACHE") or Path.home() / ".cache" / "ablate")
+
+
+def _published(name: str) -> Path | None:
+    """A registry entry that is not bundled: download, verify, convert once into the cache."""
+    w = published.get(name)
+    if w is None:
+        return None
+    converted = cache_dir() / "weights" / f"{w.name}.safetensors"
+    if converted.is_file():
+        return converted
+    print(f"downloading {w.name} from {w.url}", file=sys.stderr)
+    original = published.download(w, cache_dir())
+    net = models.create(w.arch)
+    _fit(net, published.original_state(w, original), w.arch, original)
+    return save(net, converted, {**w.card(), "test_error": None if w.measured_error is None
+                                 else w.measured_error / 100})
 
 
 def _load_file(path: Path, model: str | None) -> Loaded:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ablate import bundled_split
 from ablate.errors import UsageError
 from ablate.io import atomic_write
 
@@ -48,7 +49,7 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-BUNDLED = Path(__file__).resolve().parent / "assets" / "cifar10-jpeg-test.tar.gz"
+BUNDLED = bundled_split.ASSETS / bundled_split.WEBP
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -72,10 +73,6 @@ _FORMATS = (
     "or a folder that is one split (<class>/*.jpg|png, e.g. imagenet/val)"
 )
 _SIZE_FIX = "--resize 256 --crop 224 (the ImageNet evaluation preprocessing)"
-_BUNDLED_NOTE = (
-    "data: using the bundled offline cifar10-jpeg test split (a JPEG q75 copy of the CIFAR-10 "
-    "test set; numbers are not pristine-CIFAR numbers); pass --data PATH to use other data"
-)
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,7 +142,7 @@ def load(
 ) -> Dataset:
     """Load one split of a data set as uint8 tensors, decoding once and caching the result.
 
-    ``source``: None/"bundled" (the shipped cifar10-jpeg test split), "cifar10"/"cifar100"
+    ``source``: None/"bundled" (the shipped pristine CIFAR-10 test split), "cifar10"/"cifar100"
     (torchvision, stored under ``cache_dir``), or a path to a python-batches folder, an ImageFolder
     tree, or a .tar/.tar.gz/.tgz of either (the tree may sit one folder down). The names
     "bundled", "cifar10" and "cifar100" win over same-named folders: write ./cifar10 for those.
@@ -172,12 +169,13 @@ def load(
     if source is None or str(source) == "bundled":
         if split != "test":
             raise UsageError(
-                f"the bundled data holds only the cifar10-jpeg test split, not {split!r}; "
-                "pass --data PATH to the full data set"
+                f"the bundled data holds only the CIFAR-10 test split, not {split!r}; "
+                "pass --data PATH to the full data set (e.g. cifar10-png.tar.gz)"
             )
         if not quiet:
-            print(_BUNDLED_NOTE, file=sys.stderr)
-        return _load_path(BUNDLED, split, cache, label="bundled", quiet=quiet, tf=tf)
+            print(bundled_split.NOTE, file=sys.stderr)
+        images, labels, classes = bundled_split.load()
+        return Dataset(tf.batched(images), labels, classes, "cifar10", "test", "bundled")
     if str(source) in ("cifar10", "cifar100"):
         return _load_torchvision(str(source), split, cache, download, tf)
     path = Path(source).expanduser()

@@ -22,7 +22,7 @@ from .errors import cli_main
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.parser(__doc__.splitlines()[0], default_models=("resnet20", "plain20"))
+    p = cli.parser(__doc__.splitlines()[0], default_models=("resnet56", "plain56"))
     p.add_argument("--blocks", default="all", help="units to delete: all, or e.g. 0,3,5-9")
     args = p.parse_args(argv)
     args.device = distributed.device(args.device)
