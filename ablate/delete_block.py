@@ -3,7 +3,7 @@
     python -m ablate.delete_block --model resnet110 plain110 --data cifar10-jpeg.tar.gz
 
 Writes ``results.csv`` (one row per model and deleted block), ``meta.json`` (provenance) and
-``single_block.pdf/.png``; rerunning with the same arguments reuses the rows already written.
+``delete_block.pdf/.png``; rerunning with the same arguments reuses the rows already written.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from analyses import single_block
-
-from . import cli, distributed
-from .blocks import blocks
-from .errors import cli_main
+from ablate import _cli as cli
+from ablate._infra import distributed
+from ablate._infra.errors import cli_main
+from ablate.models.blocks import blocks
+from analyses import delete_block
 
 
 @cli_main
@@ -28,21 +28,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.device = distributed.device(args.device)
     loaded = cli.load_models(args)
     ds = cli.load_data(args, loaded)
-    out, table = cli.results_table(args, loaded, "delete_block", single_block.KEY)
+    out, table = cli.results_table(args, loaded, "delete_block", delete_block.KEY)
     main_rank = distributed.is_main()
     timer = cli.Timer()
     frames = []
     for m in loaded:
         idx = cli.parse_indices(args.blocks, len(blocks(m.model)))
         if idx is not None:
-            single_block.check_deletable(m, idx)
-        frames.append(single_block.run(m, ds, indices=idx, table=table,
+            delete_block.check_deletable(m, idx)
+        frames.append(delete_block.run(m, ds, indices=idx, table=table,
                                        batch_size=cli.batch_size(args, m), progress=main_rank))
     meta = {
-        "analysis": "single_block",
+        "analysis": "delete_block",
         "paper": "Veit et al. 2016, Figs. 3 and 8",
     }
-    return cli.finish_sweep(out, meta, loaded, ds, args, timer, frames, "single_block", _summary)
+    return cli.finish_sweep(out, meta, loaded, ds, args, timer, frames, "delete_block", _summary)
 
 
 def _summary(df: pd.DataFrame) -> None:

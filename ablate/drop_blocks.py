@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from ablate import _cli as cli
+from ablate._infra import distributed
+from ablate._infra.errors import cli_main
 from analyses import drop_blocks
-
-from . import cli, distributed
-from .errors import cli_main
 
 
 @cli_main

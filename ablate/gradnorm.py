@@ -17,10 +17,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from ablate import _cli as cli
+from ablate._infra.errors import UsageError, cli_main
 from analyses import gradnorm as analysis
-
-from . import cli
-from .errors import UsageError, cli_main
 
 
 @cli_main

@@ -17,11 +17,10 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from ablate import _cli as cli
+from ablate._infra.errors import UsageError, cli_main
+from ablate.measures.paths import residual_blocks
 from analyses import paths as analysis
-
-from . import cli
-from .errors import UsageError, cli_main
-from .path_stats import residual_blocks
 
 
 def parse_ks(spec: str, n: int) -> list[int]:

@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import checkpoint
-from .errors import UsageError, cli_main
-from .io import write_json
-from .report import write_report
+from ablate._infra.errors import UsageError, cli_main
+from ablate._infra.io import write_json
+from ablate.models import checkpoint
+from figures.report import write_report
 
 __all__ = ["Plan", "Settings", "plan", "main"]
 
@@ -98,11 +98,12 @@ def _steps(p: Plan, s: Settings, common: list[str]) -> list[tuple[str, str, list
     n = _n_blocks(p.resnet)
     ks = "all" if not s.path_stride else f"0-{n}:{max(1, n // s.path_stride)}"
     steps = [
-        ("single_block", "delete_block", ["--model", *p.all, *lim]),
+        ("delete_block", "delete_block", ["--model", *p.all, *lim]),
         ("drop_blocks", "drop_blocks", ["--model", *p.all, "--samples", str(s.drop_samples),
                                         *lim]),
-        ("reorder", "reorder", ["--model", *p.residual, "--samples", str(s.reorder_samples),
-                                "--max-swaps", str(s.max_swaps), *lim]),
+        ("reorder_blocks", "reorder_blocks", ["--model", *p.residual, "--samples",
+                                              str(s.reorder_samples), "--max-swaps",
+                                              str(s.max_swaps), *lim]),
         ("paths", "paths", ["--model", *p.residual, "--samples", str(s.path_samples),
                             "--limit", str(s.path_images), "--ks", ks]),
         ("gradnorm", "gradnorm", ["--model", *([p.resnet] + ([p.plain] if p.plain else [])),
@@ -120,7 +121,7 @@ def _steps(p: Plan, s: Settings, common: list[str]) -> list[tuple[str, str, list
 
 
 def _n_blocks(name: str) -> int:
-    from .blocks import blocks
+    from ablate.models.blocks import blocks
 
     return len(blocks(checkpoint.load(name).model))
 

@@ -34,11 +34,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from . import checkpoint, models
-from . import data as data_mod
-from .blocks import blocks, get_module
-from .errors import UsageError, cli_main
-from .io import atomic_write, write_text
+from ablate import data as data_mod
+from ablate import models
+from ablate._infra.errors import UsageError, cli_main
+from ablate._infra.io import atomic_write, write_text
+from ablate.models import checkpoint
+from ablate.models.blocks import blocks, get_module
 
 __all__ = [
     "Recipe",

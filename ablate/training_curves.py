@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from ablate import _cli as cli
+from ablate._infra.errors import cli_main
+from ablate._infra.provenance import environment
 from analyses import training_curves as analysis
 from analyses.table import write_meta
-
-from . import cli
-from .errors import cli_main
-from .provenance import environment
 
 
 @cli_main

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ablate.checkpoint import Loaded
 from ablate.data import Dataset
+from ablate.models.checkpoint import Loaded
 
 __all__ = ["family", "condition", "data_meta"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ablate.errors import UsageError
+from ablate._infra.errors import UsageError
 
 __all__ = ["FIRST_CONV", "lr_drops", "model_name", "read_log", "read_logs"]
 

@@ -5,7 +5,8 @@
 
 Deletes every deletable unit of ``--model`` alone (54 blocks for ResNet-110) over the first
 ``--n-images`` images of the data (default: the bundled cifar10-jpeg test split), once with
-``ablate.lesion.evaluate_variants`` (the intact prefix computed once per batch, many variants per
+``ablate.interventions.evaluate_variants`` (the intact prefix computed once per batch, many
+variants per
 pass) and once with ``evaluate_naive`` (the interventions, one full pass per deletion), on the
 same device with the images already there. Each is timed after an untimed warm-up on the first
 batch. Weights are random unless ``--checkpoint`` is given: the time does not depend on the
@@ -26,11 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablate import checkpoint, data, models
-from ablate.lesion import Variant, evaluate_naive, evaluate_variants
+from ablate import data, models
+from ablate._infra.provenance import device_name, versions
+from ablate.interventions.variants import Variant, evaluate_naive, evaluate_variants
 from ablate.measures import resolve_device
-from ablate.provenance import device_name, versions
-from analyses.single_block import deletable
+from ablate.models import checkpoint
+from analyses.delete_block import deletable
 
 
 def _sync(device: torch.device) -> None:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from ablate import checkpoint, models
+from ablate import models
+from ablate.models import checkpoint
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 

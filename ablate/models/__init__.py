@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from ..errors import UsageError
-from . import torchvision_models
-from .cifar_resnet import (
+from ablate._infra.errors import UsageError
+from ablate.models import torchvision_models
+from ablate.models.cifar_resnet import (
     BasicBlock,
     CifarResNet,
     PlainBlock,
