@@ -13,16 +13,16 @@ import pandas as pd
 from torch import nn
 
 from ablate import data, models
+from ablate._infra import distributed
 from ablate._infra.errors import UsageError
 from ablate.data import Dataset
-from ablate.measures import resolve_device
 from ablate.models import checkpoint
 from ablate.models.checkpoint import Loaded
 
 if TYPE_CHECKING:
     from analyses.table import Table
 
-__all__ = ["parser", "load_models", "load_data", "parse_indices", "Timer", "print_table"]
+__all__ = ["parser", "load_models", "load_data", "parse_range", "Timer", "print_table"]
 
 
 class _ListModels(argparse.Action):
@@ -68,7 +68,7 @@ def parser(
 
 
 def load_models(args: argparse.Namespace, allow_init: bool = False) -> list[Loaded]:
-    device = resolve_device(args.device)
+    device = distributed.device(args.device)
     ckpts = args.checkpoint or []
     names = list(args.model)
     if ckpts and len(ckpts) != len(names):
@@ -167,20 +167,24 @@ def batch_size(args: argparse.Namespace, loaded: Loaded) -> int:
     return 512 if next(loaded.model.parameters()).is_cuda else 128
 
 
-def parse_indices(spec: str | None, n: int, what: str = "block") -> list[int] | None:
-    """``all`` or None -> None; ``0,3,5-9`` -> [0, 3, 5, 6, 7, 8, 9], checked against n."""
+def parse_range(spec: str | None, last: int, flag: str = "--blocks",
+                what: str = "block") -> list[int] | None:
+    """The one range parser: ``all`` or None -> None; ``0,3,5-9`` -> [0, 3, 5, 6, 7, 8, 9]; a
+    stride ``0-54:3`` -> 0, 3, ..., 54. Each number must be in 0..last, else a UsageError."""
     if spec is None or spec == "all":
         return None
     out: list[int] = []
     try:
         for part in spec.split(","):
-            a, sep, b = part.partition("-")
-            out += list(range(int(a), int(b) + 1)) if sep else [int(a)]
+            rng, _, step = part.partition(":")
+            a, sep, b = rng.partition("-")
+            out += list(range(int(a), (int(b) if sep else int(a)) + 1, int(step) if step else 1))
     except ValueError:
-        raise UsageError(f"--blocks {spec!r} is not a list like 0,3,5-9 (or 'all')") from None
-    bad = [i for i in out if not 0 <= i < n]
+        raise UsageError(f"{flag} {spec!r} is not a list like 0,3,5-9 or 0-54:3 (or 'all')") \
+            from None
+    bad = [i for i in out if not 0 <= i <= last]
     if bad:
-        raise UsageError(f"{what} {bad[0]} is out of range: this model has {what}s 0..{n - 1}")
+        raise UsageError(f"{what} {bad[0]} is out of range: this model has {what}s 0..{last}")
     return out
 
 

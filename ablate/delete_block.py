@@ -25,7 +25,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = cli.parser(__doc__.splitlines()[0], default_models=("resnet20", "plain20"))
     p.add_argument("--blocks", default="all", help="units to delete: all, or e.g. 0,3,5-9")
     args = p.parse_args(argv)
-    args.device = distributed.device(args.device)
     loaded = cli.load_models(args)
     ds = cli.load_data(args, loaded)
     out, table = cli.results_table(args, loaded, "delete_block", delete_block.KEY)
@@ -33,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     timer = cli.Timer()
     frames = []
     for m in loaded:
-        idx = cli.parse_indices(args.blocks, len(blocks(m.model)))
+        idx = cli.parse_range(args.blocks, len(blocks(m.model)) - 1)
         if idx is not None:
             delete_block.check_deletable(m, idx)
         frames.append(delete_block.run(m, ds, indices=idx, table=table,

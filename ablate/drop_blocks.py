@@ -30,7 +30,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--include-downsampling", action="store_true",
                    help="let the random sets include downsampling blocks")
     args = p.parse_args(argv)
-    args.device = distributed.device(args.device)
     loaded = cli.load_models(args)
     for m in loaded:  # refuse a bad --max-k for any model before computing anything
         drop_blocks.check(m, args.max_k, args.samples, args.include_downsampling)

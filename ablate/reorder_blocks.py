@@ -29,7 +29,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="largest number of swaps (default: 20, or the number of compatible pairs)")
     p.add_argument("--samples", type=int, default=20, help="random orders per number of swaps")
     args = p.parse_args(argv)
-    args.device = distributed.device(args.device)
     loaded = cli.load_models(args)
     for m in loaded:  # refuse plain nets and bad numbers before computing anything
         reorder_blocks.check(m, args.max_swaps, args.samples)

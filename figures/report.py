@@ -18,6 +18,7 @@ from scipy import stats
 
 from ablate._infra.io import write_text
 from ablate.models import checkpoint
+from analyses.paths import REFERENCE
 
 __all__ = ["Finding", "findings", "write_report"]
 
@@ -25,8 +26,8 @@ __all__ = ["Finding", "findings", "write_report"]
 HE_2015 = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97,
            "resnet110": 6.43, "resnet1202": 7.93}
 HUANG_2016 = {"constant_110": 6.41, "stochastic_110": 5.25, "time_saving": 0.25}
-VEIT = {"paths_19_35_share": 0.98, "effective_range": (5, 17), "effective_share": 0.0045,
-        "k10_error": 0.2}
+
+_VEIT_RANGE = REFERENCE["effective_range"]
 
 
 @dataclass
@@ -194,7 +195,9 @@ def _paths(root: Path) -> list[Finding]:
         out.append(Finding(
             "Veit Fig. 6b-c",
             "Gradient magnitude falls exponentially with path length, so almost all gradient "
-            "comes from short paths: 5-17 blocks of 54, 0.45% of all paths, in ResNet-110.",
+            f"comes from short paths: {_VEIT_RANGE[0]}-{_VEIT_RANGE[1]} blocks of "
+            f"{REFERENCE['n_blocks']}, {REFERENCE['effective_range_share_of_paths']:.2%} of "
+            "all paths, in ResNet-110.",
             f"{model}: magnitude changes by x{s['factor_per_block']:.3g} per block "
             f"(log10 slope {s['log10_slope_per_block']:+.3f}); 90% of the total gradient "
             f"comes from lengths {r[0]}-{r[1]} of {n} ({_pct(s['share_of_paths'])} of paths), "

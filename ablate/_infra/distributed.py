@@ -1,4 +1,4 @@
-"""Split a sweep across processes started by torchrun (GPUs of one machine, or several machines).
+"""The one device/rank/process-group service, and a sweep split across torchrun processes.
 
     torchrun --standalone --nproc_per_node 4 -m ablate.drop_blocks --model resnet110 ...
 
@@ -17,8 +17,11 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from ablate._infra.errors import UsageError
+
 __all__ = [
-    "broadcast", "device", "finish", "gather", "is_main", "parts", "rank_world", "shard",
+    "broadcast", "device", "finish", "gather", "init", "is_main", "local_rank", "parts",
+    "rank_world", "shard",
 ]
 
 T = TypeVar("T")
@@ -28,14 +31,21 @@ def _env_world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _init() -> None:
-    """Join the process group torchrun describes (nccl when CUDA is present, else gloo) for the
-    rest of the process: several commands may run in it one after another."""
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
+def local_rank() -> int:
+    """This process's GPU on its machine under torchrun (LOCAL_RANK), else 0."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def init(cuda: bool | None = None) -> None:
+    """Join the process group torchrun describes, once, for the rest of the process (several
+    commands may run in it one after another): nccl on CUDA (default: when a GPU is visible),
+    else gloo. A no-op without torchrun or when already joined."""
+    if _env_world() <= 1 or (dist.is_available() and dist.is_initialized()):
+        return
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cuda:
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group("nccl" if cuda else "gloo")
     atexit.register(_leave)
 
 
@@ -50,7 +60,7 @@ def rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     if _env_world() > 1:
-        _init()
+        init()
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
@@ -60,11 +70,26 @@ def is_main() -> bool:
     return rank_world()[0] == 0
 
 
-def device(requested: str) -> str:
-    """The device for this rank: cuda:LOCAL_RANK when distributed on GPUs, else ``requested``."""
-    if _env_world() > 1 and torch.cuda.is_available() and requested in ("auto", "cuda"):
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return requested
+def device(spec: str | torch.device | None = "auto") -> torch.device:
+    """The device of this process, the one place a ``--device`` is read.
+
+    ``auto`` (or None) is CUDA when a GPU is visible, else the CPU; a bare ``cuda`` is
+    ``cuda:LOCAL_RANK`` (each torchrun process its own GPU); ``cuda:N`` is taken as given.
+    CUDA without a GPU, or a name torch does not know, is a UsageError.
+    """
+    if spec is None or spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown --device {spec!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"CUDA was asked for (--device {spec}) but torch {torch.__version__} "
+                             "sees no CUDA device: use --device cpu or auto")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank())
+    return dev
 
 
 def shard(items: Sequence[T]) -> list[T]:

@@ -108,13 +108,29 @@ class Dataset:
         return dataclasses.replace(self, images=self.images[:n], labels=self.labels[:n])
 
 
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 images [..., C, H, W] on any device -> float32 ``(x / 255 - mean) / std``."""
+def normalize(
+    images: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+    *,
+    dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """uint8 images [..., C, H, W] on any device -> float32 ``(x / 255 - mean) / std``.
+
+    The one uint8 -> float conversion: evaluation, the batched variants, attribution, path
+    gradients and the trainer all call it, so every path sees bitwise the same inputs. ``mean``
+    and ``std`` may be [C] float32 tensors already on the images' device (no copy per call);
+    ``dtype`` casts the result (e.g. to the model's), ``channels_last`` sets its memory format.
+    """
     if images.dtype != torch.uint8:
         raise TypeError(f"normalize expects uint8 images, got {images.dtype}")
-    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(-1, 1, 1)
-    return images.float().div_(255.0).sub_(m).div_(s)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(-1, 1, 1)
+    x = images.float().div_(255.0).sub_(m).div_(s)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x if dtype is None else x.to(dtype)
 
 
 def batches(

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ablate._infra.errors import UsageError
 from ablate.models.blocks import Block, blocks, get_module, set_module
+from ablate.models.cifar_resnet import linear_survival
 
 __all__ = [
     "delete", "reorder", "scale", "drop", "linear", "Linear", "swapped", "check_order",
@@ -194,7 +195,7 @@ class Linear:
     p_last: float = 0.5
 
     def __call__(self, n_blocks: int) -> list[float]:
-        return [1.0 - (i / n_blocks) * (1.0 - self.p_last) for i in range(1, n_blocks + 1)]
+        return linear_survival(n_blocks, self.p_last)
 
 
 def linear(p_last: float = 0.5) -> Linear:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ablate._infra.errors import UsageError
+from ablate.data import normalize
 from ablate.interventions.edits import _gated, check_gain, check_order, reorder, swapped
 from ablate.measures import Outcome, evaluate, outcome
 from ablate.models.blocks import Block, Glue, chain
@@ -172,12 +173,6 @@ def _advance(
     return (outs[0] if len(outs) == 1 else torch.cat(outs)), new_streams
 
 
-def _normalizer(mean, std, device) -> tuple[Tensor, Tensor]:
-    m = torch.tensor(list(mean), device=device).view(1, -1, 1, 1)
-    s = torch.tensor(list(std), device=device).view(1, -1, 1, 1)
-    return m, s
-
-
 @torch.inference_mode()
 def evaluate_variants(
     model: nn.Module,
@@ -204,7 +199,8 @@ def evaluate_variants(
     per_chunk = max(1, max_rows // batch_size)
     order = sorted(range(len(variants)), key=lambda v: variants[v].first_change() or -1)
     chunks = [order[i:i + per_chunk] for i in range(0, len(order), per_chunk)]
-    m, s = _normalizer(mean, std, device)
+    m = torch.tensor(list(mean), dtype=torch.float32, device=device)
+    s = torch.tensor(list(std), dtype=torch.float32, device=device)
     was_training = model.training
     model.eval()
     parts: list[list[Outcome]] = [[] for _ in variants]
@@ -212,7 +208,7 @@ def evaluate_variants(
         bar = tqdm(total=len(images) * len(variants), desc=desc, unit="img", disable=not progress,
                    unit_scale=True, leave=False)
         for i in range(0, len(images), batch_size):
-            x = (((images[i:i + batch_size].to(device).float() / 255) - m) / s).to(dtype)
+            x = normalize(images[i:i + batch_size].to(device), m, s, dtype=dtype)
             y = labels[i:i + batch_size].to(device)
             intact = intact_pass(model, x)  # shared by every chunk of variants
             for chunk in chunks:

@@ -27,6 +27,7 @@ from torch import nn
 from ablate import models
 from ablate._infra.errors import UsageError
 from ablate._infra.io import atomic_write, sha256_file, write_json
+from ablate.data import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "Loaded", "load", "save", "bundled", "bundled_dir", "bundled_names", "CARD_FORMAT",
@@ -40,8 +41,6 @@ def bundled_dir() -> Path:
     """Where named checkpoints live: ``$ABLATE_CHECKPOINTS`` if set, else the shipped ones."""
     env = os.environ.get("ABLATE_CHECKPOINTS")
     return Path(env) if env else BUNDLED_DIR
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass

@@ -11,8 +11,8 @@ from torch import nn
 
 from ablate import models
 from ablate._infra.errors import UsageError
+from ablate.data import IMAGENET_MEAN, IMAGENET_STD
 from ablate.models import checkpoint
-from ablate.models.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 
 
 @pytest.fixture(autouse=True)
