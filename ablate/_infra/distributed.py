@@ -20,7 +20,7 @@ import torch.distributed as dist
 from ablate._infra.errors import UsageError
 
 __all__ = [
-    "broadcast", "device", "finish", "gather", "init", "is_main", "local_rank", "parts",
+    "broadcast", "device", "finish", "gather", "init", "is_main", "leave", "local_rank", "parts",
     "rank_world", "shard",
 ]
 
@@ -36,21 +36,24 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def init(cuda: bool | None = None) -> None:
-    """Join the process group torchrun describes, once, for the rest of the process (several
-    commands may run in it one after another): nccl on CUDA (default: when a GPU is visible),
-    else gloo. A no-op without torchrun or when already joined."""
+def init(cuda: bool | None = None) -> bool:
+    """Join the process group torchrun describes, for the rest of the process (several commands
+    may run in it one after another; it is left at exit, or by :func:`leave`): nccl on CUDA
+    (default: when a GPU is visible), else gloo. True when this call joined it; a no-op without
+    torchrun or when already joined."""
     if _env_world() <= 1 or (dist.is_available() and dist.is_initialized()):
-        return
+        return False
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if cuda:
         torch.cuda.set_device(local_rank())
     dist.init_process_group("nccl" if cuda else "gloo")
-    atexit.register(_leave)
+    atexit.register(leave)
+    return True
 
 
-def _leave() -> None:
-    if dist.is_initialized():
+def leave() -> None:
+    """Leave the process group (no-op when not in one)."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -72,10 +72,13 @@ def evaluate(
     batch_size: int = 500,
     progress: bool = False,
     desc: str = "evaluate",
+    amp: bool = False,
+    channels_last: bool = False,
 ) -> Outcome:
     """Run ``model`` (in eval mode, restored afterwards) over uint8 ``images``; per-image outcome.
 
-    Images move to the model's device batch by batch and are normalised there.
+    Images move to the model's device batch by batch and are normalised there; ``amp`` runs the
+    model under bf16 autocast, ``channels_last`` feeds it channels-last inputs (the trainer's).
     """
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
@@ -88,8 +91,10 @@ def evaluate(
         starts = range(0, len(images), batch_size)
         for i in tqdm(starts, desc=desc, disable=not progress, leave=False):
             x = images[i:i + batch_size].to(device, non_blocking=True)
-            x = normalize(x, m, s, dtype=dtype)
-            parts.append(outcome(model(x), labels[i:i + batch_size].to(device)))
+            x = normalize(x, m, s, dtype=dtype, channels_last=channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(x)
+            parts.append(outcome(logits, labels[i:i + batch_size].to(device)))
         return Outcome.cat(parts)
     finally:
         model.train(was_training)

@@ -23,16 +23,10 @@ from ablate._infra.errors import UsageError
 from ablate.models import checkpoint
 from ablate.models.blocks import set_module
 from ablate.models.cifar_resnet import BasicBlock, CifarResNet, linear_survival
-from ablate.train import (
-    Recipe,
-    TrainConfig,
-    augment,
-    lr_at,
-    main,
-    make_recipe,
-    parse_stochastic_depth,
-    train,
-)
+from ablate.train import main
+from ablate.training import Recipe, TrainConfig, lr_at, make_recipe, train
+from ablate.training.config import parse_stochastic_depth
+from ablate.training.loop import augment
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ("a", "b", "c", "d")
