@@ -214,9 +214,8 @@ def write_outputs(
     timer: Timer, df: pd.DataFrame, figure: str, note: str | None = None,
 ) -> None:
     """Write ``meta.json`` (the analysis' own fields plus provenance), then draw
-    ``figures.<figure>.plot(df)`` into ``out/<figure>.pdf|png`` unless --no-figure."""
-    import importlib
-
+    the experiment's figure (``ablate._experiments.PLOTS``) into ``out/<figure>.pdf|png`` unless
+    --no-figure."""
     from ablate._infra.provenance import environment
     from analyses.context import data_meta
     from analyses.table import write_meta
@@ -233,7 +232,9 @@ def write_outputs(
 
     if note is None:
         note = f"{ds.name}, {len(ds)} images" if args.limit is not None else None
-    plot = importlib.import_module(f"figures.{figure}").plot
+    from ablate._experiments import PLOTS
+
+    plot = PLOTS[figure]
     print("figure:", *save(plot(df, note=note), out / figure), file=sys.stderr)
 
 

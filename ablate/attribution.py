@@ -22,7 +22,7 @@ import pandas as pd
 from ablate import _cli as cli
 from ablate._infra.errors import UsageError, cli_main
 from analyses import attribution as analysis
-from analyses import delete_block
+from analyses import delete_block, registry
 from analyses.table import Table
 
 
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     corr = analysis.correlations(df)
     meta = {
         "analysis": "attribution",
-        "paper": "Veit et al. 2016 (lesion) vs captum attributions",
+        "paper": registry.get("attribution").paper,
         "method": args.method,
         "layer": args.layer,
         "n_steps": args.n_steps,

@@ -17,7 +17,7 @@ from ablate import _cli as cli
 from ablate._infra import distributed
 from ablate._infra.errors import cli_main
 from ablate.models.blocks import blocks
-from analyses import delete_block
+from analyses import delete_block, registry
 
 
 @cli_main
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        batch_size=cli.batch_size(args, m), progress=main_rank))
     meta = {
         "analysis": "delete_block",
-        "paper": "Veit et al. 2016, Figs. 3 and 8",
+        "paper": registry.get("delete_block").paper,
     }
     return cli.finish_sweep(out, meta, loaded, ds, args, timer, frames, "delete_block", _summary)
 

@@ -18,7 +18,7 @@ import pandas as pd
 from ablate import _cli as cli
 from ablate._infra import distributed
 from ablate._infra.errors import cli_main
-from analyses import drop_blocks
+from analyses import drop_blocks, registry
 
 
 @cli_main
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     meta = {
         "analysis": "drop_blocks",
-        "paper": "Veit et al. 2016, Fig. 5a",
+        "paper": registry.get("drop_blocks").paper,
         "samples": args.samples,
         "max_k": args.max_k,
         "include_downsampling": args.include_downsampling,

@@ -21,6 +21,7 @@ from ablate import _cli as cli
 from ablate._infra.errors import UsageError, cli_main
 from ablate.measures.paths import residual_blocks
 from analyses import paths as analysis
+from analyses import registry
 
 
 def parse_ks(spec: str, n: int) -> list[int]:
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = analysis.summary(df, args.mass)
     meta = {
         "analysis": "paths",
-        "paper": "Veit et al. 2016, section 5, Fig. 6",
+        "paper": registry.get("paths").paper,
         "method": (
             "single path of length k: k random blocks pass gradient through their residual "
             "branch only, the others through their shortcut only; L2 norm of the summed "

@@ -19,7 +19,7 @@ from ablate import _cli as cli
 from ablate._infra import distributed
 from ablate._infra.errors import cli_main
 from ablate.measures import mean_interval
-from analyses import reorder_blocks
+from analyses import registry, reorder_blocks
 
 
 @cli_main
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     meta = {
         "analysis": "reorder_blocks",
-        "paper": "Veit et al. 2016, Fig. 5b",
+        "paper": registry.get("reorder_blocks").paper,
         "samples": args.samples,
         "max_swaps": args.max_swaps,
     }

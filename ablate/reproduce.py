@@ -14,10 +14,11 @@ import argparse
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ablate._experiments import commands
 from ablate._infra.errors import UsageError, cli_main
 from ablate._infra.io import write_json
 from ablate.models import checkpoint
@@ -126,12 +127,6 @@ def _n_blocks(name: str) -> int:
     return len(blocks(checkpoint.load(name).model))
 
 
-def _main_of(module: str) -> Callable[[Sequence[str]], int]:
-    import importlib
-
-    return importlib.import_module(f"ablate.{module}").main
-
-
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -166,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dest = out / "results" / analysis
         print(f"\n== {analysis}: python -m ablate.{module} {' '.join(a)}", file=sys.stderr)
         t = time.perf_counter()
-        code = _main_of(module)([*a, "--out", str(dest)])
+        code = commands()[module]([*a, "--out", str(dest)])
         times[analysis] = round(time.perf_counter() - t, 1)
         if code not in (0, None):
             raise UsageError(f"{analysis} stopped with status {code}; see the message above")

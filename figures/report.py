@@ -18,6 +18,7 @@ from scipy import stats
 
 from ablate._infra.io import write_text
 from ablate.models import checkpoint
+from analyses import registry
 from analyses.paths import REFERENCE
 
 __all__ = ["Finding", "findings", "write_report"]
@@ -301,9 +302,15 @@ def _models() -> list[str]:
     return [head, *rows] if rows else ["No checkpoints are bundled."]
 
 
+# One section per experiment, in the registry's order (training_curves: stochastic depth).
+SECTIONS = {"delete_block": _delete_block, "drop_blocks": _drop_blocks,
+            "reorder_blocks": _reorder_blocks, "paths": _paths, "gradnorm": _gradnorm,
+            "training_curves": _stochastic_depth, "attribution": _attribution}
+
+
 def findings(root: Path) -> list[Finding]:
-    return [*_delete_block(root), *_drop_blocks(root), *_reorder_blocks(root), *_paths(root),
-            *_gradnorm(root), *_stochastic_depth(root), *_attribution(root)]
+    assert set(SECTIONS) == set(registry.names()), "one report section per experiment"
+    return [f for section in SECTIONS.values() for f in section(root)]
 
 
 def write_report(root: str | Path) -> Path:
