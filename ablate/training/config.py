@@ -169,7 +169,7 @@ class TrainConfig:
         sd = self.survival()
         if self.sd_mode not in ("batch", "row"):
             raise UsageError(f"unknown --sd-mode {self.sd_mode!r}: use batch or row")
-        if sd is not None and self.model.startswith("plain"):
+        if sd is not None and models.family(self.model, default="resnet") == "plain":
             raise UsageError("stochastic depth needs residual blocks: drop --stochastic-depth or "
                              "train a resnet*/preact_resnet*")
         self.run_name()
