@@ -8,20 +8,19 @@ exactly on exit::
     with ablate.delete(net.model, [4]):
         ...                                  # block 4 is gone here, and back afterwards
 
-``reorder`` lives in :mod:`ablate.interventions` (``python -m ablate.reorder`` is a command).
+The library lives in the sub-packages (models, data, interventions, measures, training); every
+top-level module besides this one is a ``python -m ablate.<command>`` (see ARCHITECTURE.md).
 """
 
-from .blocks import Block, blocks, chain
-from .checkpoint import Loaded, load
-from .interventions import delete, drop, linear, scale
-from .lesion import Variant, evaluate_variants
-from .measures import evaluate
-from .models import create
+from ablate.interventions import Variant, delete, drop, evaluate_variants, linear, reorder, scale
+from ablate.measures import evaluate
+from ablate.models import create
+from ablate.models.blocks import Block, blocks, chain
+from ablate.models.checkpoint import Loaded, load
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Block", "Loaded", "Variant", "blocks", "chain", "create", "delete", "drop", "evaluate",
-    "evaluate_variants", "linear", "load", "scale",
+    "evaluate_variants", "linear", "load", "reorder", "scale",
 ]
-# ``reorder`` stays in ablate.interventions: ``ablate.reorder`` is the command module.

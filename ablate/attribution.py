@@ -8,7 +8,7 @@ Per block: a captum layer attribution of the true class's logit to the block's o
 |sum A|; beside it the error and loss change when the block is deleted (Veit et al.'s lesion),
 and Spearman's rank correlation between the two. --limit defaults to 512 images on a GPU, 64 on
 the CPU. Writes ``results.csv`` (one row per model, method and block; rerunning reuses rows),
-``single_block.csv`` (the lesion rows, as ``python -m ablate.delete_block`` writes them),
+``delete_block.csv`` (the lesion rows, as ``python -m ablate.delete_block`` writes them),
 ``meta.json`` and ``attribution.pdf/.png``.
 """
 
@@ -19,12 +19,11 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from ablate import _cli as cli
+from ablate._infra.errors import UsageError, cli_main
 from analyses import attribution as analysis
-from analyses import single_block
+from analyses import delete_block, registry
 from analyses.table import Table
-
-from . import cli
-from .errors import UsageError, cli_main
 
 
 @cli_main
@@ -48,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.limit = 512 if next(loaded[0].model.parameters()).is_cuda else 64
     ds = cli.load_data(args, loaded)
     out, table = cli.results_table(args, loaded, "attribution", analysis.KEY)
-    lesion = Table(out / "single_block.csv", single_block.KEY)
+    lesion = Table(out / "delete_block.csv", delete_block.KEY)
     timer = cli.Timer()
     frames = []
     for m in loaded:
@@ -60,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     corr = analysis.correlations(df)
     meta = {
         "analysis": "attribution",
-        "paper": "Veit et al. 2016 (lesion) vs captum attributions",
+        "paper": registry.get("attribution").paper,
         "method": args.method,
         "layer": args.layer,
         "n_steps": args.n_steps,

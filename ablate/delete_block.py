@@ -1,9 +1,9 @@
 """python -m ablate.delete_block: delete one block at a time (Veit et al. 2016, Figs. 3 and 8).
 
-    python -m ablate.delete_block --model resnet110 plain110 --data cifar10-jpeg.tar.gz
+    python -m ablate.delete_block --model resnet110 plain110 --data cifar10-png.tar.gz
 
 Writes ``results.csv`` (one row per model and deleted block), ``meta.json`` (provenance) and
-``single_block.pdf/.png``; rerunning with the same arguments reuses the rows already written.
+``delete_block.pdf/.png``; rerunning with the same arguments reuses the rows already written.
 """
 
 from __future__ import annotations
@@ -13,36 +13,36 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from analyses import single_block
-
-from . import cli, distributed
-from .blocks import blocks
-from .errors import cli_main
+from ablate import _cli as cli
+from ablate._infra import distributed
+from ablate._infra.errors import cli_main
+from ablate.models.blocks import blocks
+from analyses import delete_block, registry
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.parser(__doc__.splitlines()[0], default_models=("resnet56", "plain56"))
+    p = cli.parser(__doc__.splitlines()[0], default_models=("resnet56", "plain56"),
+                   demo_limit=1000)
     p.add_argument("--blocks", default="all", help="units to delete: all, or e.g. 0,3,5-9")
     args = p.parse_args(argv)
-    args.device = distributed.device(args.device)
     loaded = cli.load_models(args)
     ds = cli.load_data(args, loaded)
-    out, table = cli.results_table(args, loaded, "delete_block", single_block.KEY)
+    out, table = cli.results_table(args, loaded, "delete_block", delete_block.KEY)
     main_rank = distributed.is_main()
     timer = cli.Timer()
     frames = []
     for m in loaded:
-        idx = cli.parse_indices(args.blocks, len(blocks(m.model)))
+        idx = cli.parse_range(args.blocks, len(blocks(m.model)) - 1)
         if idx is not None:
-            single_block.check_deletable(m, idx)
-        frames.append(single_block.run(m, ds, indices=idx, table=table,
+            delete_block.check_deletable(m, idx)
+        frames.append(delete_block.run(m, ds, indices=idx, table=table,
                                        batch_size=cli.batch_size(args, m), progress=main_rank))
     meta = {
-        "analysis": "single_block",
-        "paper": "Veit et al. 2016, Figs. 3 and 8",
+        "analysis": "delete_block",
+        "paper": registry.get("delete_block").paper,
     }
-    return cli.finish_sweep(out, meta, loaded, ds, args, timer, frames, "single_block", _summary)
+    return cli.finish_sweep(out, meta, loaded, ds, args, timer, frames, "delete_block", _summary)
 
 
 def _summary(df: pd.DataFrame) -> None:

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from analyses import drop_blocks
-
-from . import cli, distributed
-from .errors import cli_main
+from ablate import _cli as cli
+from ablate._infra import distributed
+from ablate._infra.errors import cli_main
+from analyses import drop_blocks, registry
 
 
 @cli_main
@@ -30,7 +30,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--include-downsampling", action="store_true",
                    help="let the random sets include downsampling blocks")
     args = p.parse_args(argv)
-    args.device = distributed.device(args.device)
     loaded = cli.load_models(args)
     for m in loaded:  # refuse a bad --max-k for any model before computing anything
         drop_blocks.check(m, args.max_k, args.samples, args.include_downsampling)
@@ -46,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     meta = {
         "analysis": "drop_blocks",
-        "paper": "Veit et al. 2016, Fig. 5a",
+        "paper": registry.get("drop_blocks").paper,
         "samples": args.samples,
         "max_k": args.max_k,
         "include_downsampling": args.include_downsampling,

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from ablate import _cli as cli
+from ablate._infra.errors import UsageError, cli_main
 from analyses import gradnorm as analysis
-
-from . import cli
-from .errors import UsageError, cli_main
+from analyses import registry
 
 
 @cli_main
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     df = pd.concat(frames, ignore_index=True)
     meta = {
         "analysis": "gradnorm",
-        "paper": "Huang et al. 2016; He et al. 2015 (vanishing gradients)",
+        "paper": registry.get("gradnorm").paper,
         "method": (
             "activation: mean over images of the L2 norm of d(summed cross-entropy)/d(unit "
             "input); parameters: mean over batches of the L2 norm of the batch-mean loss's "

@@ -17,30 +17,17 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from ablate import _cli as cli
+from ablate._infra.errors import UsageError, cli_main
+from ablate.measures.paths import residual_blocks
 from analyses import paths as analysis
-
-from . import cli
-from .errors import UsageError, cli_main
-from .path_stats import residual_blocks
+from analyses import registry
 
 
 def parse_ks(spec: str, n: int) -> list[int]:
-    """``all``, ``0,3,5-9`` or ``0-54:3`` (a stride) -> sorted lengths, always with 0 and n."""
-    if spec == "all":
-        return list(range(n + 1))
-    out: set[int] = {0, n}
-    try:
-        for part in spec.split(","):
-            rng, _, step = part.partition(":")
-            a, sep, b = rng.partition("-")
-            lo, hi = int(a), int(b) if sep else int(a)
-            out |= set(range(lo, hi + 1, int(step) if step else 1))
-    except ValueError:
-        raise UsageError(f"--ks {spec!r} is not a list like 0,3,5-9 or 0-54:3 (or 'all')") from None
-    bad = sorted(k for k in out if not 0 <= k <= n)
-    if bad:
-        raise UsageError(f"path length {bad[0]} is out of range: this model has 0..{n} blocks")
-    return sorted(out)
+    """``--ks`` for a model of ``n`` residual blocks: sorted path lengths, always with 0 and n."""
+    ks = cli.parse_range(spec, n, "--ks", "path length")
+    return sorted({0, n, *(range(n + 1) if ks is None else ks)})
 
 
 @cli_main
@@ -87,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = analysis.summary(df, args.mass)
     meta = {
         "analysis": "paths",
-        "paper": "Veit et al. 2016, section 5, Fig. 6",
+        "paper": registry.get("paths").paper,
         "method": (
             "single path of length k: k random blocks pass gradient through their residual "
             "branch only, the others through their shortcut only; L2 norm of the summed "

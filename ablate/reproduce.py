@@ -14,14 +14,15 @@ import argparse
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import checkpoint
-from .errors import UsageError, cli_main
-from .io import write_json
-from .report import write_report
+from ablate._experiments import commands
+from ablate._infra.errors import UsageError, cli_main
+from ablate._infra.io import write_json
+from ablate.models import checkpoint
+from figures.report import write_report
 
 __all__ = ["Plan", "Settings", "plan", "main"]
 
@@ -98,11 +99,12 @@ def _steps(p: Plan, s: Settings, common: list[str]) -> list[tuple[str, str, list
     n = _n_blocks(p.resnet)
     ks = "all" if not s.path_stride else f"0-{n}:{max(1, n // s.path_stride)}"
     steps = [
-        ("single_block", "delete_block", ["--model", *p.all, *lim]),
+        ("delete_block", "delete_block", ["--model", *p.all, *lim]),
         ("drop_blocks", "drop_blocks", ["--model", *p.all, "--samples", str(s.drop_samples),
                                         *lim]),
-        ("reorder", "reorder", ["--model", *p.residual, "--samples", str(s.reorder_samples),
-                                "--max-swaps", str(s.max_swaps), *lim]),
+        ("reorder_blocks", "reorder_blocks", ["--model", *p.residual, "--samples",
+                                              str(s.reorder_samples), "--max-swaps",
+                                              str(s.max_swaps), *lim]),
         ("paths", "paths", ["--model", *p.residual, "--samples", str(s.path_samples),
                             "--limit", str(s.path_images), "--ks", ks]),
         ("gradnorm", "gradnorm", ["--model", *([p.resnet] + ([p.plain] if p.plain else [])),
@@ -120,15 +122,9 @@ def _steps(p: Plan, s: Settings, common: list[str]) -> list[tuple[str, str, list
 
 
 def _n_blocks(name: str) -> int:
-    from .blocks import blocks
+    from ablate.models.blocks import blocks
 
     return len(blocks(checkpoint.load(name).model))
-
-
-def _main_of(module: str) -> Callable[[Sequence[str]], int]:
-    import importlib
-
-    return importlib.import_module(f"ablate.{module}").main
 
 
 @cli_main
@@ -165,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dest = out / "results" / analysis
         print(f"\n== {analysis}: python -m ablate.{module} {' '.join(a)}", file=sys.stderr)
         t = time.perf_counter()
-        code = _main_of(module)([*a, "--out", str(dest)])
+        code = commands()[module]([*a, "--out", str(dest)])
         times[analysis] = round(time.perf_counter() - t, 1)
         if code not in (0, None):
             raise UsageError(f"{analysis} stopped with status {code}; see the message above")

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from ablate import _cli as cli
+from ablate._infra.errors import cli_main
+from ablate._infra.provenance import environment
+from analyses import registry
 from analyses import training_curves as analysis
 from analyses.table import write_meta
-
-from . import cli
-from .errors import cli_main
-from .provenance import environment
 
 
 @cli_main
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     df.to_csv(out / "results.csv", index=False)
     models = df.drop_duplicates("model")
     meta = {
-        "analysis": "training_curves", "paper": "Huang et al. 2016, Fig. 7",
+        "analysis": "training_curves", "paper": registry.get("training_curves").paper,
         "logs": [{"model": m, "family": f, "log": s}
                  for m, f, s in models[["model", "family", "source"]].itertuples(index=False)],
         "lr_drop_epochs": analysis.lr_drops(df), "wall_seconds": timer.seconds,
@@ -50,10 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     write_meta(out / "meta.json", meta)
     if not args.no_figure:
-        from figures import training_curves as fig
+        from ablate._experiments import PLOTS
         from figures.theme import save
 
-        files = save(fig.plot(df, note=args.note), out / "training_curves")
+        files = save(PLOTS["training_curves"](df, note=args.note), out / "training_curves")
         print("figure:", *files, file=sys.stderr)
     _summary(df)
     print(f"results: {out / 'results.csv'}", file=sys.stderr)

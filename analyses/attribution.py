@@ -13,7 +13,7 @@ Aggregates over the attribution tensor A_i of image i, each averaged over images
 
 Baselines (conductance, integrated gradients): ``mean`` = zeros in normalised space, i.e. the
 data set's mean colour; ``black`` = the all-black image, normalised. Lesion damage comes from
-:func:`analyses.single_block.run` (error and loss change when the block is deleted); Spearman's
+:func:`analyses.delete_block.run` (error and loss change when the block is deleted); Spearman's
 rank correlation between the two is computed per model and method.
 """
 
@@ -29,15 +29,14 @@ from scipy import stats
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ablate.blocks import Block, blocks, get_module
-from ablate.checkpoint import Loaded
+from ablate._infra.errors import UsageError
 from ablate.data import Dataset, normalize
-from ablate.errors import UsageError
 from ablate.measures import mean_interval
-
-from . import single_block
-from .context import condition
-from .table import Table
+from ablate.models.blocks import Block, blocks, get_module
+from ablate.models.checkpoint import Loaded
+from analyses import delete_block
+from analyses.context import condition
+from analyses.table import Table
 
 __all__ = [
     "BASELINES", "KEY", "LAYERS", "METHODS", "aggregate", "attribute", "attribution_layer",
@@ -148,7 +147,7 @@ def run(
     units = blocks(loaded.model)
     todo = [u for u in units if not table.has(**base, block=u.index)]
     if todo:
-        lesion = single_block.run(loaded, ds, table=lesion_table, batch_size=batch_size,
+        lesion = delete_block.run(loaded, ds, table=lesion_table, batch_size=batch_size,
                                   progress=progress).set_index("block")
         groups = [todo] if gxa else [[u] for u in todo]
         for group in tqdm(groups, desc=f"{loaded.name} {method}", disable=not progress,

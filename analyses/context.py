@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-from ablate.checkpoint import Loaded
+from ablate import models
 from ablate.data import Dataset
+from ablate.models.checkpoint import Loaded
 
 __all__ = ["family", "condition", "data_meta"]
 
 
 def family(loaded: Loaded) -> str:
-    """resnet | plain | preact | stochastic_depth | torchvision, from the card and architecture."""
-    if (loaded.card.get("arch_kwargs") or {}).get("stochastic_depth") is not None:
-        return "stochastic_depth"
-    arch = loaded.arch
-    if arch.startswith("plain"):
-        return "plain"
-    if arch.startswith("preact"):
-        return "preact"
-    if arch.startswith("vgg") or arch in ("resnet18", "resnet34", "resnet50", "resnet101",
-                                          "resnet152"):
-        return "torchvision"
-    return "resnet"
+    """The model family of ``loaded``: :func:`ablate.models.family` of its arch and card."""
+    return models.family(loaded.arch, loaded.card, default="resnet")
 
 
 def condition(loaded: Loaded, ds: Dataset) -> dict:

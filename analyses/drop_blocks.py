@@ -3,7 +3,7 @@
 For k = 0..K, S random sets of k units are deleted together (k = 0 and any k with a single
 possible set: one sample). Each set is drawn from its own generator keyed by (seed, model name,
 k, sample), so adding a model, a k or a sample never changes the other draws. Downsampling blocks
-are left out by default (deleting one is a different experiment, see single_block); plain nets
+are left out by default (deleting one is a different experiment, see delete_block); plain nets
 draw from their shape-preserving units.
 """
 
@@ -16,18 +16,17 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ablate import distributed
-from ablate.blocks import blocks
-from ablate.checkpoint import Loaded
+from ablate._infra import distributed
+from ablate._infra.errors import UsageError
 from ablate.data import Dataset
-from ablate.errors import UsageError
-from ablate.lesion import Variant
+from ablate.interventions.variants import Variant
 from ablate.measures import mean_interval
-
-from .context import condition
-from .single_block import deletable
-from .sweep import outcome_columns, sweep
-from .table import Table
+from ablate.models.blocks import blocks
+from ablate.models.checkpoint import Loaded
+from analyses.context import condition
+from analyses.delete_block import deletable
+from analyses.sweep import outcome_columns, sweep
+from analyses.table import Table
 
 __all__ = [
     "KEY", "candidates", "check", "default_max_k", "draw", "model_key", "run",

@@ -23,14 +23,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm.auto import tqdm
 
 from ablate import models
-from ablate.blocks import Block, blocks, chain, get_module
-from ablate.checkpoint import Loaded
+from ablate._infra.errors import UsageError
 from ablate.data import Dataset, normalize
-from ablate.errors import UsageError
 from ablate.measures import mean_interval
-
-from .context import condition
-from .table import Table
+from ablate.models.blocks import Block, blocks, chain, get_module
+from ablate.models.checkpoint import Loaded
+from analyses.context import condition
+from analyses.table import Table
 
 __all__ = ["KEY", "STATES", "depths", "gradients", "init_twin", "run", "unit_parameters"]
 

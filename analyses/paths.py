@@ -15,13 +15,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ablate import path_stats as ps
-from ablate.checkpoint import Loaded
 from ablate.data import Dataset, normalize
 from ablate.measures import mean_interval
-
-from .context import condition
-from .table import Table
+from ablate.measures import paths as ps
+from ablate.models.checkpoint import Loaded
+from analyses.context import condition
+from analyses.table import Table
 
 __all__ = ["KEY", "REFERENCE", "derived", "run", "summary", "survival"]
 

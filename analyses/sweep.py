@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from ablate import distributed
-from ablate.checkpoint import Loaded
+from ablate._infra import distributed
 from ablate.data import Dataset
-from ablate.lesion import Variant, evaluate_variants
+from ablate.interventions.variants import Variant, evaluate_variants
 from ablate.measures import Outcome
-
-from .table import Table
+from ablate.models.checkpoint import Loaded
+from analyses.table import Table
 
 __all__ = ["outcome_columns", "sweep"]
 

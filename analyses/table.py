@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablate.io import write_json, write_text
+from ablate._infra.io import write_json, write_text
 
 __all__ = ["Table", "write_meta"]
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ablate.errors import UsageError
+from ablate import models
+from ablate._infra.errors import UsageError
 
 __all__ = ["FIRST_CONV", "lr_drops", "model_name", "read_log", "read_logs"]
 
@@ -37,22 +38,6 @@ def _card(path: Path, name: str) -> dict:
     return {}
 
 
-def _family(name: str, card: dict) -> str:
-    """From the card where it says (stochastic depth, plain), else from the name or the arch."""
-    from figures.theme import family_of
-
-    if card.get("stochastic_depth") or (card.get("arch_kwargs") or {}).get("stochastic_depth"):
-        return "stochastic_depth"
-    if str(card.get("arch", "")).startswith("plain"):
-        return "plain"
-    for candidate in (name, card.get("arch")):
-        try:
-            return family_of(str(candidate))
-        except ValueError:
-            continue
-    return "resnet"
-
-
 def read_log(path: str | Path, name: str | None = None) -> pd.DataFrame:
     """One trainer log as tidy rows (every numeric column except ``epoch`` is a metric)."""
     path = Path(path)
@@ -68,7 +53,7 @@ def read_log(path: str | Path, name: str | None = None) -> pd.DataFrame:
     card = _card(path, name)
     metrics = [c for c in df.columns if c != "epoch" and pd.api.types.is_numeric_dtype(df[c])]
     long = df.melt(id_vars="epoch", value_vars=metrics, var_name="metric", value_name="value")
-    long.insert(0, "family", _family(name, card))
+    long.insert(0, "family", models.family(name, card, default="resnet"))
     long.insert(0, "model", name)
     long["source"] = str(path)
     return long

@@ -5,12 +5,12 @@
 
 Deletes every deletable unit of ``--model`` alone (54 blocks for ResNet-110) over the first
 ``--n-images`` images of the data (default: the bundled cifar10-jpeg test split), once with
-``ablate.lesion.evaluate_variants`` (the intact prefix computed once per batch, many variants per
-pass) and once with ``evaluate_naive`` (the interventions, one full pass per deletion), on the
+``ablate.interventions.evaluate_variants`` (the intact prefix computed once per batch, many variants
+per pass) and once with ``evaluate_naive`` (the interventions, one full pass per deletion), on the
 same device with the images already there. Each is timed after an untimed warm-up on the first
-batch. Weights are random unless ``--checkpoint`` is given: the time does not depend on the
-weights (the error counts do, and they are compared either way). ``--amp bf16`` adds a third,
-timing-only run of the engine under bf16 autocast and reports whether its counts still agree.
+batch. Weights are random unless ``--checkpoint`` is given: the time does not depend on the weights
+(the error counts do, and they are compared either way). ``--amp bf16`` adds a third, timing-only
+run of the engine under bf16 autocast and reports whether its counts still agree.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablate import checkpoint, data, models
-from ablate.lesion import Variant, evaluate_naive, evaluate_variants
-from ablate.measures import resolve_device
-from ablate.provenance import device_name, versions
-from analyses.single_block import deletable
+from ablate import data, models
+from ablate._infra import distributed
+from ablate._infra.provenance import device_name, versions
+from ablate.interventions.variants import Variant, evaluate_naive, evaluate_variants
+from ablate.models import checkpoint
+from analyses.delete_block import deletable
 
 
 def _sync(device: torch.device) -> None:
@@ -51,7 +52,7 @@ def _load(args: argparse.Namespace, device: torch.device) -> checkpoint.Loaded:
         return checkpoint.load(args.model, args.checkpoint, device=device)
     torch.manual_seed(0)
     net = models.create(args.model).to(device).eval()
-    mean, std = (checkpoint.CIFAR10_MEAN, checkpoint.CIFAR10_STD)
+    mean, std = (data.CIFAR10_MEAN, data.CIFAR10_STD)
     return checkpoint.Loaded(net, args.model, args.model, None, None, "init", mean, std, None)
 
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="write the report as JSON here")
     args = p.parse_args(argv)
 
-    device = resolve_device(args.device)
+    device = distributed.device(args.device)
     loaded = _load(args, device)
     model = loaded.model
     ds = data.load(args.data, "test", quiet=True).subset(args.n_images)

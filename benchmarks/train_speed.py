@@ -5,7 +5,7 @@
 
 Both loops train the same architecture (same initial weights) with SGD at the same batch size on
 the same device, and each is timed over ``--steps`` steps after ``--warmup-steps`` untimed ones.
-ours: ``ablate.train.train_epoch`` (uint8 data on the device, augmentation in batches there,
+ours: ``ablate.training.loop.train_epoch`` (uint8 data on the device, augmentation in batches there,
 bf16 autocast and channels_last on CUDA unless told otherwise, gradient statistics included).
 baseline: a torchvision-style in-memory data set with per-image PIL transforms RandomCrop(32, 4),
 RandomHorizontalFlip, ToTensor and Normalize through a DataLoader, fp32, contiguous memory.
@@ -32,13 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ablate import data as data_mod
 from ablate import models
-from ablate.train import (
-    grad_probe,
-    make_recipe,
-    pick_device,
-    train_epoch,
-    zero_grads,
-)
+from ablate._infra import distributed
+from ablate.training.config import make_recipe
+from ablate.training.loop import grad_probe, train_epoch, zero_grads
 
 
 class InMemoryCifar(torch.utils.data.Dataset):
@@ -151,7 +147,7 @@ def main() -> None:
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args()
 
-    device = pick_device(args.device, 0)
+    device = distributed.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if args.data:

@@ -15,6 +15,7 @@ from os import PathLike
 import numpy as np
 import pandas as pd
 
+from analyses.paths import REFERENCE
 from figures import theme
 
 __all__ = ["main", "plot"]
@@ -22,7 +23,7 @@ __all__ = ["main", "plot"]
 _STYLES = ("-", "--", "-.", ":")
 _MARKERS = ("o", "s", "^", "D")
 # Veit et al.'s effective range for ResNet-110 (54 blocks), quoted from the paper.
-_PUBLISHED = {54: (5, 17)}
+_PUBLISHED = {REFERENCE["n_blocks"]: tuple(REFERENCE["effective_range"])}
 _PATHS_COLOR = "#444444"
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +16,8 @@ from pathlib import Path
 import matplotlib as mpl
 import numpy as np
 import pandas as pd
+
+from ablate import models
 
 __all__ = [
     "DPI",
@@ -66,37 +67,16 @@ FONT_SCALE = 0.85  # of seaborn's "paper" context
 NOTE_COLOR = "#666666"
 GUIDE_COLOR = "#9a9a9a"  # chance lines, separators, legend proxies
 
-_TORCHVISION_DEPTHS = {18, 34, 50, 101, 152}
-_SD = re.compile(r"(?<![a-z])sd(?![a-z])|stochastic")
 
 
 def family_of(model: str) -> str:
-    """Model family from a model name, e.g. ``"resnet110-sd"`` -> ``"stochastic_depth"``.
-
-    ``plain*`` -> plain, ``preact_*`` -> preact, an ``sd`` token or ``stochastic``
-    -> stochastic_depth, ``resnet{18,34,50,101,152}`` / ``vgg*`` -> torchvision,
-    other ``resnet{6n+2}`` (20, 32, 44, 56, 110, 1202) -> resnet; names containing
-    ``published`` / ``reference`` -> reference first. Anything else raises ``ValueError``.
-    """
+    """Model family from a model name, e.g. ``"resnet110-sd"`` -> ``"stochastic_depth"``:
+    ``reference`` for names containing ``published`` or ``reference``, else
+    :func:`ablate.models.family` (a ValueError when the name says nothing)."""
     name = str(model).strip().lower()
     if "published" in name or "reference" in name:
         return "reference"
-    if name.startswith("plain"):
-        return "plain"
-    if name.startswith("preact"):
-        return "preact"
-    if _SD.search(name):
-        return "stochastic_depth"
-    if name.startswith("vgg"):
-        return "torchvision"
-    m = re.match(r"resnet[_-]?(\d+)", name)
-    if m:
-        depth = int(m.group(1))
-        if depth in _TORCHVISION_DEPTHS:
-            return "torchvision"
-        if depth >= 8 and (depth - 2) % 6 == 0:
-            return "resnet"
-    raise ValueError(f"cannot tell the model family of {model!r}")
+    return models.family(name)
 
 
 def family_color(family: str) -> str:

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import ablate
-from ablate import checkpoint, data
-from ablate.io import sha256_file
-from ablate.models import weights
+from ablate import data
+from ablate._infra.io import sha256_file
+from ablate.models import checkpoint, weights
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"akamaster": "akamaster", "a-martyn": "a-martyn"}
@@ -46,7 +46,7 @@ def main() -> None:
         print(f"{w.name}: {error:.2f}% test error on pristine cifar10 "
               f"({time.perf_counter() - t:.0f} s)", flush=True)
         if w.measured_error is not None and abs(error - w.measured_error) > 0.005:
-            sys.exit(f"error: {w.name} measures {error:.2f}%, the registry says {w.measured_error}%")
+            sys.exit(f"error: {w.name} measures {error:.2f}%, registry: {w.measured_error}%")
         card = {**w.card(), "test_error": round(error / 100, 6), "evaluated_on": "cifar10 test "
                 "(10,000 images, bundled pristine split)", "trained_by": w.source}
         checkpoint.save(net, out / w.name, card)

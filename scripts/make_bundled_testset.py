@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ablate import bundled_split as bundled
+from ablate._infra.io import atomic_write, sha256_file, write_json
+from ablate.data import bundled
 from ablate.data import load as load_data
-from ablate.io import atomic_write, sha256_file, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SRC = "/work/shared/data/cifar10-png.tar.gz"

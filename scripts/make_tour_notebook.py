@@ -18,7 +18,7 @@ cells = [
          "import pandas as pd\n"
          "import torch\n\n"
          "import ablate\n"
-         "from ablate import data, path_stats\n\n"
+         "from ablate import data\nfrom ablate.measures import paths as path_stats\n\n"
          "RESNET = os.environ.get('ABLATE_TOUR_RESNET', 'resnet20')\n"
          "PLAIN = os.environ.get('ABLATE_TOUR_PLAIN', 'plain20')\n"
          "DATA = os.environ.get('ABLATE_TOUR_DATA')  # None: the bundled cifar10-jpeg test split\n"
@@ -43,12 +43,12 @@ cells = [
          "      f'restored {after.error:.2%}')\n"
          "assert after.errors == intact.errors"),
     md("## Sweep every block, ResNet against its plain twin (Veit et al. Fig. 3)\n\n"
-       "`analyses.single_block.run` evaluates all deletions in batched passes and returns a "
-       "tidy table; `figures.single_block.plot` draws it."),
-    code("from analyses import single_block\n"
-         "from figures import single_block as fig\n\n"
+       "`analyses.delete_block.run` evaluates all deletions in batched passes and returns a "
+       "tidy table; `figures.delete_block.plot` draws it."),
+    code("from analyses import delete_block\n"
+         "from figures import delete_block as fig\n\n"
          "nets = [net, ablate.load(PLAIN, device=device)]\n"
-         "df = pd.concat([single_block.run(m, ds, progress=False) for m in nets])\n"
+         "df = pd.concat([delete_block.run(m, ds, progress=False) for m in nets])\n"
          "fig.plot(df, note=f'{ds.name}, {len(ds)} images')"),
     code("df.groupby('model')[['error', 'error_change', 'p_value']].median()"),
     md("## Gradient per path length (Veit et al. section 5)\n\n"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from ablate import checkpoint, models
+from ablate import models
+from ablate.models import checkpoint
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -32,6 +33,21 @@ def _cache(tmp_path_factory, monkeypatch):
     empty = tmp_path_factory.getbasetemp() / "no-checkpoints"
     empty.mkdir(exist_ok=True)
     monkeypatch.setenv("ABLATE_CHECKPOINTS", str(empty))
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Tests never touch the network: only file:// URLs open."""
+    import urllib.request
+
+    real = urllib.request.urlopen
+
+    def local_only(url, *args, **kwargs):
+        if not str(getattr(url, "full_url", url)).startswith("file:"):
+            raise OSError(f"tests do not use the network ({url})")
+        return real(url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", local_only)
 
 
 def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,13 +8,14 @@ torchvision ImageNet networks: ``resnet18 ... resnet152`` and ``vgg11 ... vgg19_
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 
 from torch import nn
 
-from ..errors import UsageError
-from . import torchvision_models
-from .cifar_resnet import (
+from ablate._infra.errors import UsageError
+from ablate.models import torchvision_models
+from ablate.models.cifar_resnet import (
     BasicBlock,
     CifarResNet,
     PlainBlock,
@@ -23,7 +24,12 @@ from .cifar_resnet import (
     set_survival,
 )
 
-__all__ = ["create", "names", "is_cifar", "CifarResNet", "linear_survival", "set_survival"]
+__all__ = [
+    "CifarResNet", "FAMILIES", "check_name", "create", "family", "is_cifar", "linear_survival",
+    "names", "set_survival",
+]
+
+FAMILIES = ("resnet", "plain", "stochastic_depth", "preact", "torchvision")
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 _BLOCKS = {"resnet": BasicBlock, "plain": PlainBlock, "preact_resnet": PreActBlock}
@@ -70,6 +76,52 @@ def names() -> list[str]:
 def is_cifar(name: str) -> bool:
     tv = name.startswith("vgg") or name in torchvision_models.RESNETS
     return name in _REGISTRY and not tv
+
+
+_SD = re.compile(r"(?<![a-z])sd(?![a-z])|stochastic")
+
+
+def _family_of_name(name: str) -> str | None:
+    name = name.strip().lower()
+    if name.startswith("plain"):
+        return "plain"
+    if name.startswith("preact"):
+        return "preact"
+    if _SD.search(name):
+        return "stochastic_depth"
+    if name.startswith("vgg"):
+        return "torchvision"
+    m = re.match(r"resnet[_-]?(\d+)", name)
+    if m:
+        depth = int(m.group(1))
+        if f"resnet{depth}" in torchvision_models.RESNETS:
+            return "torchvision"
+        if depth >= 8 and (depth - 2) % 6 == 0:
+            return "resnet"
+    return None
+
+
+def family(name: str, card: Mapping | None = None, default: str | None = None) -> str:
+    """The one model-family rule: resnet | plain | stochastic_depth | preact | torchvision.
+
+    A checkpoint card says so first (stochastic depth in it or its ``arch_kwargs``, its
+    ``arch``); else the name: ``plain*``, ``preact*``, an ``sd`` token or ``stochastic``,
+    ``vgg*`` and ``resnet{18,34,50,101,152}`` (torchvision), ``resnet{6n+2}``. A name that says
+    nothing gives ``default``, or a ValueError when there is none.
+    """
+    card = card or {}
+    if card.get("stochastic_depth") or \
+            (card.get("arch_kwargs") or {}).get("stochastic_depth") is not None:
+        return "stochastic_depth"
+    if str(card.get("arch", "")).startswith("plain"):
+        return "plain"
+    for candidate in (name, card.get("arch")):
+        found = _family_of_name(str(candidate)) if candidate else None
+        if found:
+            return found
+    if default is not None:
+        return default
+    raise ValueError(f"cannot tell the model family of {name!r}")
 
 
 def check_name(name: str) -> str:

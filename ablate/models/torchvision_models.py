@@ -9,7 +9,7 @@ from __future__ import annotations
 import torchvision
 from torch import nn
 
-from ..errors import UsageError
+from ablate._infra.errors import UsageError
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 VGGS = tuple(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn"))

@@ -20,39 +20,40 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UsageError
-from ..io import sha256_file
+from .._infra.errors import UsageError
+from .._infra.io import sha256_file
+from ..data import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["WEIGHTS", "Weights", "convert", "download", "get", "original_state"]
 
-IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+IMAGENET_NORM = (IMAGENET_MEAN, IMAGENET_STD)
 MARTYN_NORM = ((0.49187,) * 3, (0.24697,) * 3)  # one value for all channels, as trained
 
-_AKAMASTER = dict(
-    source="akamaster/pytorch_resnet_cifar10",
-    commit="d5489e8",
-    license="BSD-2-Clause",
-    license_file="LICENSE-akamaster",
-    normalization=IMAGENET_NORM,
-    recipe=(
+_AKAMASTER = {
+    "source": "akamaster/pytorch_resnet_cifar10",
+    "commit": "d5489e8",
+    "license": "BSD-2-Clause",
+    "license_file": "LICENSE-akamaster",
+    "normalization": IMAGENET_NORM,
+    "recipe": (
         "He et al. 2015 option-A ResNet; 200 epochs, SGD momentum 0.9, lr 0.1 /10 at epochs 100 "
         "and 150, batch 128, weight decay 1e-4, pad-4 crop + flip; best epoch chosen on the test "
         "set"
     ),
-    layout="akamaster",
-)
-_MARTYN = dict(
-    source="a-martyn/resnet",
-    commit="a977915",
-    license="BSD-3-Clause",
-    license_file="LICENSE-a-martyn",
-    normalization=MARTYN_NORM,
-    recipe=(
+    "layout": "akamaster",
+}
+_MARTYN = {
+    "source": "a-martyn/resnet",
+    "commit": "a977915",
+    "license": "BSD-3-Clause",
+    "license_file": "LICENSE-a-martyn",
+    "normalization": MARTYN_NORM,
+    "recipe": (
         "He et al. 2015 plain net (no shortcuts); 64k iterations, SGD momentum 0.9, lr 0.1 /10 at "
         "32k and 48k, batch 128, weight decay 1e-4, pad-4 crop + flip"
     ),
-    layout="a-martyn",
-)
+    "layout": "a-martyn",
+}
 _AKA_URL = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
 _MARTYN_URL = "https://github.com/a-martyn/resnet/raw/master/pretrained/"
 
@@ -89,8 +90,11 @@ class Weights:
 
 
 def _aka(depth: int, digest: str, published: float, measured: float | None, bundled: bool):
+    # Entries fetched on demand carry the source in their name, so that an architecture name
+    # alone (resnet110: our own bundled net) never starts a download.
     file = f"resnet{depth}-{digest[:8]}.th"
-    return Weights(f"resnet{depth}", f"resnet{depth}", "resnet", file, _AKA_URL + file, digest,
+    name = f"resnet{depth}" if bundled else f"resnet{depth}-akamaster"
+    return Weights(name, f"resnet{depth}", "resnet", file, _AKA_URL + file, digest,
                    published, measured, bundled, **_AKAMASTER)
 
 
@@ -152,7 +156,7 @@ def original_state(w: Weights, path: str | Path) -> dict[str, torch.Tensor]:
     return convert(dict(state), w.layout)
 
 
-def download(w: Weights, cache: Path, opener: Callable = urllib.request.urlopen) -> Path:
+def download(w: Weights, cache: Path, opener: Callable | None = None) -> Path:
     """The original file of ``w`` in ``cache``, downloaded and sha256-checked if not there yet.
 
     The download goes to a temporary file that is renamed into place only once its hash matches,
@@ -164,13 +168,14 @@ def download(w: Weights, cache: Path, opener: Callable = urllib.request.urlopen)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{w.file}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, opener(w.url) as src:
+        with os.fdopen(fd, "wb") as out, (opener or urllib.request.urlopen)(w.url) as src:
             while chunk := src.read(1 << 20):
                 out.write(chunk)
         got = sha256_file(tmp)
         if not got.startswith(w.sha256):
             raise UsageError(f"download of {w.name} from {w.url} has sha256 {got[:16]}..., "
-                             f"expected {w.sha256[:16]}...: not the published file; try again later")
+                             f"expected {w.sha256[:16]}...: not the published file; try again "
+                             "later")
         os.replace(tmp, dest)
     except OSError as e:
         raise UsageError(f"cannot download {w.name} from {w.url} ({e}); with no internet, pass "

@@ -1,0 +1,289 @@
+"""One block abstraction for every supported architecture.
+
+``blocks(model)`` lists the deletable units of a model in forward order. A residual unit is a
+block computing ``post(residual(x) + shortcut(x))``; a plain unit (a layer of a plain net or a VGG)
+is conv + BN + ReLU. ``chain(model)`` gives the whole forward pass as a sequence of steps, units
+and the glue between them, whose composition is bitwise the model's own forward: the batched
+lesion engine and the path-gradient measures run on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from ablate._infra.errors import UsageError
+from ablate.models.cifar_resnet import CifarResNet, PlainBlock, _Residual
+
+__all__ = ["Block", "Glue", "blocks", "chain", "get_module", "set_module"]
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    return model.get_submodule(name) if name else model
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(get_module(model, parent), attr, module)
+
+
+@dataclass(frozen=True, eq=False)
+class Block:
+    """A deletable unit: its place in forward order, where it lives, and how it computes.
+
+    ``kind`` is "residual" or "plain". ``name`` is the qualified name of the module at the unit's
+    position (residual: the block; plain: its convolution, with ``bn``/``relu`` beside it).
+    """
+
+    index: int
+    name: str
+    stage: int
+    changes_shape: bool
+    kind: str
+    module: nn.Module
+    bn: str | None = None  # plain units: qualified names of their BN and ReLU modules, if any
+    relu: str | None = None
+    _residual: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+    _shortcut: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+    _post: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+    _unit: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def downsample(self) -> bool:
+        return self.changes_shape
+
+    def residual(self, x: Tensor) -> Tensor:
+        """The residual branch f(x) (residual units only)."""
+        self._need("residual")
+        return self._residual(x)
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        """The shortcut: identity, option-A padding or a projection (residual units only)."""
+        self._need("residual")
+        return self._shortcut(x)
+
+    def post(self, y: Tensor) -> Tensor:
+        """What follows the addition: ReLU for original ResNets, nothing for pre-activation."""
+        self._need("residual")
+        return self._post(y)
+
+    def unit(self, x: Tensor) -> Tensor:
+        """The whole unit: post(residual + shortcut), or ReLU(BN(conv(x))) for a plain unit."""
+        if self.kind == "residual":
+            return self._post(self._residual(x) + self._shortcut(x))
+        return self._unit(x)
+
+    def __call__(self, x: Tensor, gain: float = 1.0) -> Tensor:
+        """The unit with its residual branch multiplied by ``gain`` (0 deletes the unit)."""
+        return self.apply_gains(x, [gain], [x.shape[0]])
+
+    def apply_gains(self, x: Tensor, gains: Sequence[float], sizes: Sequence[int]) -> Tensor:
+        """Apply the unit to consecutive row chunks of ``x``, chunk i with gain ``gains[i]``.
+
+        The residual branch is computed only on rows whose gain is not zero. Each row's result is
+        bitwise what the unit alone (or the intervention wrappers) computes for it.
+        """
+        if self.kind == "plain":
+            if any(g not in (0.0, 1.0) for g in gains):
+                raise UsageError(f"plain unit {self.name} can only be kept or deleted, not scaled")
+            if all(g == 1.0 for g in gains):
+                return self._unit(x)
+            if all(g == 0.0 for g in gains):
+                return x
+            return torch.cat(
+                [c if g == 0.0 else self._unit(c) for c, g in zip(x.split(list(sizes)), gains)]
+            )
+        s = self._shortcut(x)
+        if all(g == 0.0 for g in gains):
+            return self._post(s)
+        if all(g != 0.0 for g in gains):
+            r = self._residual(x)
+            if all(g == 1.0 for g in gains):
+                return self._post(r + s)
+            rs = r.split(list(sizes))
+        else:
+            chunks = x.split(list(sizes))
+            kept = [c for c, g in zip(chunks, gains) if g != 0.0]
+            rk = self._residual(torch.cat(kept) if len(kept) > 1 else kept[0])
+            it = iter(rk.split([c.shape[0] for c in kept]))
+            rs = [next(it) if g != 0.0 else None for g in gains]
+        pieces = []
+        for si, ri, g in zip(s.split(list(sizes)), rs, gains):
+            pieces.append(si if g == 0.0 else (ri if g == 1.0 else g * ri) + si)
+        return self._post(torch.cat(pieces))
+
+    def _need(self, kind: str) -> None:
+        if self.kind != kind:
+            raise UsageError(f"unit {self.name} is a {self.kind} unit and has no residual branch")
+
+
+@dataclass(frozen=True, eq=False)
+class Glue:
+    """A step of the forward pass that is not a deletable unit (stem, pooling, head)."""
+
+    name: str
+    fn: Callable[[Tensor], Tensor]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Residual blocks: ours expose residual/shortcut/post; torchvision's are read through adapters.
+
+
+def _own(index: int, name: str, stage: int, m: nn.Module) -> Block:
+    return Block(
+        index, name, stage, bool(getattr(m, "changes_shape", False)), "residual", m,
+        _residual=m.residual, _shortcut=m.shortcut, _post=m.post,
+    )
+
+
+def _tv_block(index: int, name: str, stage: int, m: nn.Module) -> Block:
+    bottleneck = isinstance(m, torchvision.models.resnet.Bottleneck)
+
+    def residual(x: Tensor) -> Tensor:
+        # torchvision's forward uses one in-place ReLU module twice; here it is functional and
+        # out of place, so nothing a caller keeps is overwritten.
+        out = F.relu(m.bn1(m.conv1(x)))
+        if bottleneck:
+            out = F.relu(m.bn2(m.conv2(out)))
+            return m.bn3(m.conv3(out))
+        return m.bn2(m.conv2(out))
+
+    def shortcut(x: Tensor) -> Tensor:
+        return m.downsample(x) if m.downsample is not None else x
+
+    return Block(
+        index, name, stage, m.downsample is not None, "residual", m,
+        _residual=residual, _shortcut=shortcut, _post=F.relu,
+    )
+
+
+def _plain(
+    index: int, name: str, stage: int, conv: nn.Module, bn: nn.Module | None,
+    bn_name: str | None, relu_name: str | None,
+) -> Block:
+    """A plain unit from the modules now at its place (interventions may have replaced them)."""
+
+    def unit(x: Tensor) -> Tensor:
+        y = conv(x)
+        return F.relu(bn(y) if bn is not None else y)
+
+    c = _resolve(conv)
+    shape = c.in_channels != c.out_channels or c.stride != (1, 1)
+    return Block(index, name, stage, shape, "plain", conv, bn_name, relu_name, _unit=unit)
+
+
+def _resolve(m: nn.Module) -> nn.Module:
+    """The module an intervention wrapper stands in for (wrappers expose ``.inner``)."""
+    while hasattr(m, "inner") and getattr(m, "is_intervention", False):
+        m = m.inner
+    return m
+
+
+# ---------------------------------------------------------------------------------------------
+# Chains, per architecture.
+
+
+def chain(model: nn.Module) -> list[Block | Glue]:
+    """The forward pass of ``model`` as steps; composing them equals ``model(x)`` bitwise."""
+    if isinstance(model, CifarResNet):
+        return _chain_cifar(model)
+    if isinstance(model, torchvision.models.ResNet):
+        return _chain_tv_resnet(model)
+    if isinstance(model, torchvision.models.VGG):
+        return _chain_vgg(model)
+    raise UsageError(
+        f"{type(model).__name__} is not a supported architecture: use a model from "
+        "ablate.models (CIFAR ResNets, plain nets, torchvision ResNets and VGGs)"
+    )
+
+
+def blocks(model: nn.Module) -> list[Block]:
+    """The deletable units of ``model`` in forward order (see :class:`Block`)."""
+    return [s for s in chain(model) if isinstance(s, Block)]
+
+
+def _chain_cifar(model: CifarResNet) -> list[Block | Glue]:
+    steps: list[Block | Glue] = [Glue("stem", model.stem)]
+    for stage in (1, 2, 3):
+        layer = getattr(model, f"layer{stage}")
+        for i, m in enumerate(layer):
+            name = f"layer{stage}.{i}"
+            inner = _resolve(m)
+            if isinstance(inner, PlainBlock):
+                # Plain units are conv+BN(+ReLU, functional in PlainBlock.forward).
+                for j in (1, 2):
+                    conv = getattr(m, f"conv{j}")
+                    bn = getattr(m, f"bn{j}")
+                    idx = sum(isinstance(s, Block) for s in steps)
+                    unit = _plain(idx, f"{name}.conv{j}", stage, conv, bn, f"{name}.bn{j}", None)
+                    steps.append(unit)
+            else:
+                idx = sum(isinstance(s, Block) for s in steps)
+                steps.append(_own(idx, name, stage, m) if _is_own(m) else _tv_block(
+                    idx, name, stage, m))
+    steps.append(Glue("head", model.head))
+    return steps
+
+
+def _is_own(m: nn.Module) -> bool:
+    return isinstance(m, _Residual) or getattr(m, "is_intervention", False)
+
+
+def _chain_tv_resnet(model: torchvision.models.ResNet) -> list[Block | Glue]:
+    def stem(x: Tensor) -> Tensor:
+        return model.maxpool(model.relu(model.bn1(model.conv1(x))))
+
+    def head(x: Tensor) -> Tensor:
+        return model.fc(torch.flatten(model.avgpool(x), 1))
+
+    steps: list[Block | Glue] = [Glue("stem", stem)]
+    idx = 0
+    for stage in (1, 2, 3, 4):
+        for i, m in enumerate(getattr(model, f"layer{stage}")):
+            name = f"layer{stage}.{i}"
+            steps.append(_own(idx, name, stage, m) if _is_own(m) else _tv_block(
+                idx, name, stage, m))
+            idx += 1
+    steps.append(Glue("head", head))
+    return steps
+
+
+def _chain_vgg(model: torchvision.models.VGG) -> list[Block | Glue]:
+    feats = list(model.features.named_children())
+    steps: list[Block | Glue] = []
+    stage, idx, i = 1, 0, 0
+    while i < len(feats):
+        key, m = feats[i]
+        inner = _resolve(m)
+        if isinstance(inner, nn.Conv2d):
+            bn_key = relu_key = None
+            j = i + 1
+            if j < len(feats) and isinstance(_resolve(feats[j][1]), (nn.BatchNorm2d, nn.Identity)):
+                bn_key, j = feats[j][0], j + 1
+            if j < len(feats) and isinstance(_resolve(feats[j][1]), (nn.ReLU, nn.Identity)):
+                relu_key, j = feats[j][0], j + 1
+            bn = model.features.get_submodule(bn_key) if bn_key else None
+            steps.append(
+                _plain(idx, f"features.{key}", stage, m, bn,
+                       f"features.{bn_key}" if bn_key else None,
+                       f"features.{relu_key}" if relu_key else None)
+            )
+            idx, i = idx + 1, j
+        else:
+            steps.append(Glue(f"features.{key}", m))
+            stage += isinstance(m, nn.MaxPool2d)
+            i += 1
+
+    def head(x: Tensor) -> Tensor:
+        return model.classifier(torch.flatten(model.avgpool(x), 1))
+
+    steps.append(Glue("head", head))
+    return steps

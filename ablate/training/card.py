@@ -1,0 +1,93 @@
+"""The checkpoint card of a finished run: recipe, every deviation from the paper, provenance."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict
+
+import torch
+
+from ablate.data import Dataset
+from ablate.training.config import Recipe, TrainConfig
+
+__all__ = ["card", "deviations", "device_name"]
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.getdevice_name(device) if device.type == "cuda" else "cpu"
+
+
+def card(
+    config: TrainConfig, recipe: Recipe, paper: Recipe, run: dict, log: list[dict],
+    train_ds: Dataset, amp: bool, world: int, device: torch.device, sd: float | None,
+    train_seconds: float, name: str, norm: tuple,
+) -> dict:
+    import torchvision
+
+    card = {
+        "arch": config.model,
+        "arch_kwargs": run["arch_kwargs"],
+        "dataset": train_ds.name,
+        "normalization": {"mean": list(norm[0]), "std": list(norm[1]),
+                          "source": "CIFAR-10 train-set constants"},
+        "recipe": asdict(recipe),
+        "deviations": deviations(config, recipe, paper, train_ds.name, amp, world,
+                                  len(train_ds)),
+        "epochs": recipe.epochs,
+        "seed": config.seed,
+        "stochastic_depth": None if sd is None else {"rule": "linear", "p_L": sd,
+                                                      "mode": config.sd_mode},
+        "final_test_error": log[-1]["test_error"] if log else None,
+        "best_test_error": min(r["test_error"] for r in log) if log else None,
+        "train_images": len(train_ds),
+        "train_seconds": round(train_seconds, 3),
+        "device": device_name(device),
+        "world_size": world,
+        "amp": "bf16" if amp else "off",
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "torchvision": torchvision.__version__},
+        "log": f"{name}.log.csv",
+    }
+    if config.val_split and log:
+        best = min(log, key=lambda r: r["val_error"])
+        card |= {"val_split": config.val_split, "best_val_epoch": best["epoch"],
+                 "test_error_at_best_val": best["test_error"]}
+    return card
+
+
+def deviations(
+    config: TrainConfig, recipe: Recipe, paper: Recipe, dataset: str, amp: bool, world: int,
+    n_train: int,
+) -> list[str]:
+    """Every way this run differs from the paper's recipe, in words, for the card."""
+    out = []
+    source = "Huang et al. 2016" if recipe.schedule == "huang" else "He et al. 2015"
+    for key, value in asdict(recipe).items():
+        if value != getattr(paper, key):
+            out.append(f"{key} {value} instead of {getattr(paper, key)} ({source})")
+    if recipe.schedule == "cosine":
+        out.append("cosine learning-rate decay instead of steps at 50% and 75%")
+    if dataset != "cifar10":
+        what = " (a JPEG q75 copy of CIFAR-10)" if dataset == "cifar10-jpeg" else ""
+        out.append(f"data set {dataset}{what} instead of CIFAR-10")
+    if config.val_split == 0:
+        out.append(
+            "no 45k/5k validation split: trained on all train images, final-epoch test error "
+            + ("reported (Huang et al. took the best validation epoch)"
+               if recipe.schedule == "huang" else "reported")
+        )
+    elif config.val_split != 5000:
+        out.append(f"validation split of {config.val_split} images instead of 5000")
+    if config.limit_train is not None:
+        out.append(f"train set limited to {n_train} images")
+    if config.limit_test is not None:
+        out.append(f"test set limited to {config.limit_test} images")
+    if amp:
+        out.append("bf16 autocast instead of fp32")
+    if config.stochastic_depth is not None and config.sd_mode != "batch":
+        out.append("stochastic depth with one gate per image (row) instead of per mini-batch")
+    if world > 1:
+        out.append(f"{world} processes: batch norm statistics over {recipe.batch_size // world} "
+                   f"images per process instead of {recipe.batch_size}")
+    out.append("last partial batch of each epoch dropped")
+    return out

@@ -1,0 +1,102 @@
+"""Veit et al. 2016, section 4.1 (Figs. 3 and 8): delete one block at a time.
+
+For every deleted unit: test error with a 95% Wilson interval, loss with a t interval, the change
+against the intact network, and an exact McNemar test against the intact network on the same
+images, so that "no noticeable change" is a statement with a p-value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from ablate._infra import distributed
+from ablate._infra.errors import UsageError
+from ablate.data import Dataset
+from ablate.interventions.variants import Variant
+from ablate.measures import Outcome, evaluate, mcnemar_exact
+from ablate.models.blocks import blocks
+from ablate.models.checkpoint import Loaded
+from analyses.context import condition
+from analyses.sweep import outcome_columns, sweep
+from analyses.table import Table
+
+__all__ = ["KEY", "check_deletable", "deletable", "row", "run"]
+
+KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "block")
+
+
+def deletable(loaded: Loaded) -> list[int]:
+    """Units that can be deleted: every residual block, every shape-preserving plain unit."""
+    return [b.index for b in blocks(loaded.model) if b.kind == "residual" or not b.changes_shape]
+
+
+def check_deletable(loaded: Loaded, indices: Sequence[int]) -> None:
+    """Refuse shape-changing plain units up front, with the units that can be deleted."""
+    units = blocks(loaded.model)
+    for i in indices:
+        if units[i].kind == "plain" and units[i].changes_shape:
+            ok = deletable(loaded)
+            raise UsageError(
+                f"unit {i} ({units[i].name}) of {loaded.name} changes the feature shape and cannot "
+                f"be deleted; deletable units are {_ranges(ok)}"
+            )
+
+
+def _ranges(idx: Sequence[int]) -> str:
+    parts, start = [], None
+    for a, b in zip([None, *idx], [*idx, None]):
+        if start is None:
+            start = b
+        elif b is None or b != a + 1:
+            parts.append(f"{start}" if start == a else f"{start}-{a}")
+            start = b
+    return ",".join(parts)
+
+
+def row(base: dict, b, out: Outcome, intact: Outcome) -> dict:
+    """One deleted unit's row: its outcome, the change against the intact net, McNemar's p."""
+    return {
+        **base, "block": b.index, "block_name": b.name, "stage": b.stage,
+        "downsample": b.changes_shape, "kind": b.kind, **outcome_columns(out),
+        "intact_error": intact.error, "error_change": out.error - intact.error,
+        "intact_loss": float(intact.loss.mean()),
+        "p_value": mcnemar_exact(out.correct, intact.correct),
+    }
+
+
+def run(
+    loaded: Loaded,
+    ds: Dataset,
+    *,
+    indices: Sequence[int] | None = None,
+    table: Table | None = None,
+    batch_size: int = 256,
+    max_rows: int | None = None,
+    group: int = 16,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Delete each unit in ``indices`` (default: all deletable) alone; rows for ``loaded``.
+
+    Rows already in ``table`` are not recomputed; new ones are added every ``group`` units. Under
+    torchrun the groups are split across ranks and rank 0's table gets the rows.
+    """
+    table = Table(None, KEY) if table is None else table
+    base = condition(loaded, ds)
+    units = blocks(loaded.model)
+    indices = deletable(loaded) if indices is None else list(indices)
+    todo = distributed.broadcast([i for i in indices if not table.has(**base, block=i)])
+    norm = {"mean": loaded.mean, "std": loaded.std}
+    if todo:
+        intact = evaluate(loaded.model, ds.images, ds.labels, batch_size=batch_size,
+                          progress=progress, desc=f"{loaded.name} intact", **norm)
+        sweep(loaded, ds, table, todo, Variant.deleting,
+              lambda i, o: row(base, units[i], o, intact),
+              lambda part: f"blocks {part[0]}-{part[-1]}",
+              group=group, batch_size=batch_size, max_rows=max_rows, progress=progress)
+    sel = table.select(model=base["model"], checkpoint_sha256=base["checkpoint_sha256"],
+                       dataset=base["dataset"], split=base["split"], n_images=base["n_images"])
+    if sel.empty:  # a torchrun rank other than 0 holds no rows
+        return sel
+    return sel[sel["block"].isin(indices)].sort_values("block").reset_index(drop=True)

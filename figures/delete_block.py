@@ -1,0 +1,267 @@
+"""Veit et al. 2016, Fig. 3 / Fig. 8: test error after deleting one block.
+
+Drawn from the tidy table of the single-block deletion experiment, one row per
+(model, deleted block)::
+
+    python -m figures.delete_block results.csv [more.csv ...] --out DIR [--note TEXT]
+
+Panels are architecture families: plain nets, ResNets, pre-activation ResNets
+and torchvision models each get their own panel (they have different numbers of
+deletable units). Stochastic-depth ResNets and published reference numbers are
+the same architecture as the ResNets, so they share the ResNet panel, each in
+its own family colour (Veit et al. Fig. 8). An optional ``panel`` column
+overrides the grouping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from figures import theme
+
+__all__ = ["PANEL_OF", "REQUIRED", "main", "panel_of", "plot", "read"]
+
+REQUIRED = ("model", "block", "error", "intact_error")
+# Which panel each family is drawn in (see the module docstring).
+PANEL_OF: dict[str, str] = {
+    "resnet": "resnet",
+    "stochastic_depth": "resnet",
+    "reference": "resnet",
+    "preact": "preact",
+    "plain": "plain",
+    "torchvision": "torchvision",
+}
+_PANEL_ORDER = ("resnet", "preact", "plain", "torchvision")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+_MS = 3.0  # marker size (points) of an ordinary block
+_SEPARATOR = "#dddddd"
+
+
+def _as_bool(s: pd.Series) -> pd.Series:
+    if s.dtype == bool:
+        return s
+    return s.astype(str).str.strip().str.lower().isin({"true", "1", "1.0", "yes", "y"})
+
+
+def read(source: pd.DataFrame | str | PathLike | Sequence[str | PathLike]) -> pd.DataFrame:
+    """The single-block table as a clean DataFrame (from a frame, a CSV, or several CSVs).
+
+    Fills ``family`` from the model name where missing or unknown, coerces
+    ``downsample`` to bool, sorts by model and block, and rejects duplicate
+    (model, block) rows (e.g. two datasets mixed: filter first).
+    """
+    df = theme.table(source, REQUIRED, ("model", "block"), "single-block")
+    if "downsample" in df.columns:
+        df["downsample"] = _as_bool(df["downsample"])
+    return df
+
+
+def panel_of(row_family: str, panel: object = None) -> str:
+    """The panel a model is drawn in: an explicit ``panel`` value, else by family."""
+    if isinstance(panel, str) and panel:
+        return panel
+    return PANEL_OF.get(row_family, row_family)
+
+
+def _panels(df: pd.DataFrame) -> dict[str, list[str]]:
+    """Panel name -> models in it, panels and models in a stable, readable order."""
+    models = df.drop_duplicates("model")
+    explicit = models["panel"] if "panel" in models.columns else [None] * len(models)
+    keyed = [
+        (panel_of(f, p), theme.FAMILY_ORDER.index(f) if f in theme.FAMILY_ORDER else 99, m)
+        for m, f, p in zip(models["model"], models["family"], explicit)
+    ]
+    order = {p: i for i, p in enumerate(_PANEL_ORDER)}
+    out: dict[str, list[str]] = {}
+    for panel, _, model in sorted(keyed, key=lambda k: (order.get(k[0], 99), k[0], k[1], k[2])):
+        out.setdefault(panel, []).append(model)
+    return out
+
+
+def _draw_model(ax, d: pd.DataFrame, color: str, marker: str, ms: float = _MS) -> None:
+    model = d["model"].iloc[0]
+    x = d["block"].to_numpy()
+    y = d["error"].to_numpy(dtype=float) * 100
+    if {"error_low", "error_high"} <= set(d.columns) and d["error_low"].notna().any():
+        ax.fill_between(
+            x,
+            d["error_low"].to_numpy(dtype=float) * 100,
+            d["error_high"].to_numpy(dtype=float) * 100,
+            color=color,
+            alpha=0.18,
+            linewidth=0,
+            zorder=1,
+        )
+    ax.axhline(
+        float(d["intact_error"].iloc[0]) * 100,
+        color=color,
+        linestyle="--",
+        linewidth=0.9,
+        zorder=1.5,
+        gid=f"intact:{model}",
+    )
+    ax.plot(x, y, color=color, linewidth=1.0, zorder=2, gid=f"error:{model}")
+    ds = d["downsample"].to_numpy() if "downsample" in d.columns else np.zeros(len(d), bool)
+    ax.plot(
+        x[~ds],
+        y[~ds],
+        linestyle="none",
+        marker=marker,
+        markersize=ms,
+        color=color,
+        markeredgewidth=0,
+        zorder=3,
+    )
+    if ds.any():
+        ax.plot(
+            x[ds],
+            y[ds],
+            linestyle="none",
+            marker=marker,
+            markersize=ms * 1.8,
+            markerfacecolor="white",
+            markeredgecolor=color,
+            markeredgewidth=1.0,
+            zorder=4,
+            gid=f"downsample:{model}",
+        )
+
+
+def _draw_guides(ax, d: pd.DataFrame) -> None:
+    """Chance error, downsampling blocks, stage separators."""
+    classes = d["num_classes"].dropna().unique() if "num_classes" in d.columns else [10]
+    for k in sorted({int(k) for k in classes} or {10}):
+        ax.axhline(
+            100 * (1 - 1 / k),
+            color=theme.GUIDE_COLOR,
+            linestyle=":",
+            linewidth=0.9,
+            zorder=0.5,
+            gid=f"chance:{k}",
+        )
+    if "downsample" in d.columns:
+        for b in sorted(d.loc[d["downsample"], "block"].unique()):
+            ax.axvline(b, color=_SEPARATOR, linewidth=0.8, zorder=0)
+    elif "stage" in d.columns:
+        firsts = d.groupby("stage")["block"].min().sort_index().to_numpy()
+        for b in firsts[1:]:
+            ax.axvline(b - 0.5, color=_SEPARATOR, linewidth=0.8, zorder=0)
+
+
+def _legend(fig, entries: list, any_downsample: bool, ncols: int) -> None:
+    from matplotlib.lines import Line2D
+
+    g = theme.GUIDE_COLOR
+    handles = list(entries)
+    handles.append(Line2D([], [], color=g, linestyle="--", linewidth=0.9, label="intact network"))
+    handles.append(Line2D([], [], color=g, linestyle=":", linewidth=0.9, label="chance"))
+    if any_downsample:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="o",
+                markersize=_MS * 1.8,
+                markerfacecolor="white",
+                markeredgecolor=g,
+                markeredgewidth=1.0,
+                label="downsampling block",
+            )
+        )
+    rows = -(-len(handles) // ncols)
+    fig.legend(
+        handles=handles,
+        loc="outside upper center",
+        ncols=-(-len(handles) // rows),  # balanced rows
+        fontsize="small",
+        handletextpad=0.5,
+    )
+
+
+def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
+    """Test error (%) after deleting each single block, against the block's index.
+
+    One panel per architecture family (see the module docstring), y axis shared
+    and fixed to 0-100 %. Per model: error line with markers and its 95 %
+    interval band; the intact network's error as a dashed line in the same
+    colour; downsampling blocks as larger hollow markers with a light vertical
+    line; chance error (1 - 1/``num_classes``, default 10 classes) dotted grey.
+    ``note`` (e.g. "quick run: 500 images") is written above the last panel.
+    Returns the Figure; pass it to :func:`figures.theme.save`.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator, MultipleLocator
+
+    df = read(df)
+    panels = _panels(df)
+    n = len(panels)
+    fig, axes = theme.figure("one" if n == 1 else "two", 1, n, sharey=True, squeeze=False)
+    axes = list(axes[0])
+    entries = []
+    for ax, (panel, models) in zip(axes, panels.items()):
+        d_panel = df[df["model"].isin(models)]
+        _draw_guides(ax, d_panel)
+        ms = _MS if d_panel["block"].nunique() <= 30 else _MS * 0.7  # dense: smaller
+        for i, model in enumerate(models):
+            d = d_panel[d_panel["model"] == model]
+            color = theme.family_color(d["family"].iloc[0])
+            marker = _MARKERS[i % len(_MARKERS)]
+            _draw_model(ax, d, color, marker, ms)
+            entries.append(
+                Line2D(
+                    [],
+                    [],
+                    color=color,
+                    marker=marker,
+                    markersize=_MS,
+                    markeredgewidth=0,
+                    linewidth=1.0,
+                    label=model,
+                )
+            )
+        lo, hi = d_panel["block"].min(), d_panel["block"].max()
+        ax.set_xlim(lo - 0.6, hi + 0.6)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        ax.set_xlabel("deleted block (index)")
+        if n > 1:
+            ax.set_title(theme.family_label(panel), loc="left")
+    theme.percent_axis(axes[0], "test error (%)")
+    axes[0].yaxis.set_major_locator(MultipleLocator(20))
+    any_ds = "downsample" in df.columns and bool(df["downsample"].any())
+    _legend(fig, entries, any_ds, ncols=3 if n == 1 else 6)
+    if note:
+        theme.note(axes[-1], note)
+    return fig
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m figures.delete_block",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("results", nargs="+", type=Path, help="results.csv of the experiment")
+    p.add_argument("--out", type=Path, default=Path("."), help="output folder")
+    p.add_argument("--name", default="delete_block", help="file name without suffix")
+    p.add_argument("--note", default=None, help='caption, e.g. "quick run: 500 images"')
+    p.add_argument("--dataset", default=None, help="keep only rows of this dataset")
+    args = p.parse_args(argv)
+    df = pd.concat([pd.read_csv(f) for f in args.results], ignore_index=True)
+    if args.dataset is not None:
+        df = df[df["dataset"] == args.dataset]
+    paths = theme.save(plot(df, note=args.note), args.out / args.name)
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

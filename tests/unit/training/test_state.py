@@ -1,0 +1,77 @@
+"""Runs in progress keep resuming: a ``last.pt`` in the format the trainer wrote before the
+redesign (``ablate/train.py`` at f38ef46) is what ``training.state`` reads and writes."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import load_file
+
+from ablate import data as D
+from ablate import models
+from ablate.training import TrainConfig, train
+from ablate.training.state import STATE_FORMAT, load_state
+
+# The keys of the state dict and of its "run" entry exactly as f38ef46's ablate/train.py wrote
+# them; ``_load_state`` there compared every "run" entry against the resumed run's.
+OLD_STATE_KEYS = {"format", "run", "model", "optimizer", "epoch", "step", "rng", "log",
+                  "train_seconds"}
+OLD_RUN_KEYS = {"model", "arch_kwargs", "recipe", "seed", "dataset", "n_train", "val_split",
+                "world_size"}
+
+
+def _data(n: int, split: str, seed: int) -> D.Dataset:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    x = torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
+    return D.Dataset(x, y, ("a", "b", "c", "d"), "synthetic", split, "test")
+
+
+def _config(out, **kw) -> TrainConfig:
+    base = {"model": "resnet20", "epochs": 2, "batch_size": 16, "lr": 0.05, "device": "cpu",
+            "out": str(out), "progress": False, "stochastic_depth": "linear:0.5"}
+    return TrainConfig(**(base | kw))
+
+
+def _old_format_state(net: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+                      run: dict, epoch: int, step: int, log: list[dict]) -> dict:
+    """The dict f38ef46 saved (``state = {...}`` in its ``_train``), built by hand."""
+    return {
+        "format": "ablate-train-state/1", "run": run, "model": net.state_dict(),
+        "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
+        "rng": {"torch": torch.get_rng_state(), "data": gen.get_state(), "data_device": "cpu"},
+        "log": log, "train_seconds": 1.5,
+    }
+
+
+def test_state_format_is_unchanged(tmp_path):
+    tr, te = _data(48, "train", 0), _data(8, "test", 1)
+    train(_config(tmp_path, stop_after=1), train_data=tr, test_data=te)
+    st = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert STATE_FORMAT == "ablate-train-state/1" == st["format"]
+    assert set(st) == OLD_STATE_KEYS and set(st["run"]) == OLD_RUN_KEYS
+    assert set(st["rng"]) == {"torch", "data", "data_device"}
+    assert load_state(tmp_path / "last.pt", st["run"])["epoch"] == 1
+
+
+def test_a_state_written_in_the_old_format_resumes(tmp_path):
+    """Write last.pt by hand as the old trainer did after epoch 1 of an uninterrupted run,
+    resume it with this code, and end bitwise where the uninterrupted run ends."""
+    tr, te = _data(48, "train", 0), _data(8, "test", 1)
+    whole = load_file(str(train(_config(tmp_path / "whole"), train_data=tr, test_data=te)))
+    # Epoch 1 again, then replace its last.pt with the hand-built old-format dict.
+    part = tmp_path / "part"
+    train(_config(part, stop_after=1), train_data=tr, test_data=te)
+    st = torch.load(part / "last.pt", weights_only=True)
+    net = models.create("resnet20", **st["run"]["arch_kwargs"])
+    net.load_state_dict(st["model"])
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    opt.load_state_dict(st["optimizer"])
+    gen = torch.Generator().manual_seed(0)
+    gen.set_state(st["rng"]["data"])
+    torch.set_rng_state(st["rng"]["torch"])
+    old = _old_format_state(net, opt, gen, st["run"], st["epoch"], st["step"], st["log"])
+    torch.save(old, part / "last.pt")
+    resumed = load_file(str(train(_config(part, resume=True), train_data=tr, test_data=te)))
+    assert resumed.keys() == whole.keys()
+    for k in whole:
+        assert torch.equal(resumed[k], whole[k]), k
