@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import torchvision
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -85,6 +86,7 @@ class Recipe:
     warmup_lr: float = WARMUP_LR
     crop_padding: int = 4
     flip: bool = True
+    optimizer: str = "sgd"  # "sgd" | "adamw" (momentum and nesterov are SGD's)
 
 
 def paper_recipe(model: str, schedule: str = "he") -> Recipe:
@@ -93,6 +95,9 @@ def paper_recipe(model: str, schedule: str = "he") -> Recipe:
         return Recipe(schedule="huang", epochs=500, nesterov=True)
     if schedule not in SCHEDULES:
         raise UsageError(f"unknown --schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
+    if model.startswith("vit"):  # Hassani et al. 2021 (ViT-Lite): AdamW, cosine, warm-up
+        return Recipe(schedule="cosine", epochs=300, lr=5.5e-4, weight_decay=3e-2,
+                      optimizer="adamw", warmup_iters=WARMUP_ITERS, warmup_lr=5.5e-5)
     return Recipe(schedule=schedule, warmup_iters=WARMUP_ITERS if _needs_warmup(model) else 0)
 
 
@@ -238,10 +243,11 @@ def grad_probe(net: nn.Module) -> GradProbe:
                 params.append(p)
                 seg.append(u.index)
     device = next(net.parameters()).device
-    return GradProbe(
-        params, torch.tensor(seg, device=device), len(units),
-        net.get_submodule("conv1").weight, net.get_submodule("layer1.0.conv1").weight,
-    )
+    if isinstance(net, torchvision.models.VisionTransformer):  # patch embedding, first layer
+        stem, first = net.conv_proj.weight, units[0].module.self_attention.in_proj_weight
+    else:
+        stem, first = net.get_submodule("conv1").weight, net.get_submodule("layer1.0.conv1").weight
+    return GradProbe(params, torch.tensor(seg, device=device), len(units), stem, first)
 
 
 def grad_columns(n_blocks: int) -> list[str]:
@@ -678,8 +684,11 @@ def _train(
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     zero_grads(net)
-    opt = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                          nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adamw":
+        opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    else:
+        opt = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                              nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     probe = grad_probe(net)
     run = {

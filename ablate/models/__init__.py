@@ -22,6 +22,7 @@ from .cifar_resnet import (
     linear_survival,
     set_survival,
 )
+from .vit_cifar import vit_cifar
 
 __all__ = ["create", "names", "is_cifar", "CifarResNet", "linear_survival", "set_survival"]
 
@@ -58,6 +59,7 @@ for _prefix, _block in _BLOCKS.items():
         if _prefix != "resnet" and _depth == 1202:
             continue
         _REGISTRY[f"{_prefix}{_depth}"] = _cifar_builder(_block, _depth)
+_REGISTRY["vit_cifar"] = vit_cifar  # ViT-Lite-7/4 (Hassani et al. 2021) for 32x32 images
 for _name in torchvision_models.RESNETS + torchvision_models.VGGS:
     _REGISTRY[_name] = lambda _n=_name, **kw: torchvision_models.create(_n, **kw)
 
