@@ -475,6 +475,8 @@ def _deviations(
     """Every way this run differs from the paper's recipe, in words, for the card."""
     out = []
     source = "Huang et al. 2016" if recipe.schedule == "huang" else "He et al. 2015"
+    if paper.optimizer == "adamw":
+        source = "Hassani et al. 2021"
     for key, value in asdict(recipe).items():
         if value != getattr(paper, key):
             out.append(f"{key} {value} instead of {getattr(paper, key)} ({source})")
@@ -541,6 +543,8 @@ def _load_state(path: Path, run: dict) -> dict:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise UsageError(f"--resume: {path} is not an ablate.train state; choose another --out")
     old = state["run"]
+    if isinstance(old.get("recipe"), dict):  # states saved before Recipe.optimizer existed
+        old["recipe"].setdefault("optimizer", "sgd")
     if old.get("model") != run["model"]:
         raise UsageError(
             f"--resume: {path} is a run of {old.get('model')}, not {run['model']}: pass "
