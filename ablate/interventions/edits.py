@@ -135,6 +135,8 @@ def _indices(indices: Iterable[int] | int, n: int, what: str = "block") -> list[
 
 
 def _gate_replacements(model: nn.Module, b: Block, gain: Gain) -> dict[str, nn.Module]:
+    if hasattr(b, "gate_replacements"):  # transformer blocks gate their own branches
+        return b.gate_replacements(gain)
     if b.kind == "residual":
         return {b.name: _Gated(b.module, b, gain)}
     check_gain(b, 0.0)
@@ -147,8 +149,10 @@ def _gate_replacements(model: nn.Module, b: Block, gain: Gain) -> dict[str, nn.M
     return out
 
 
-def _gated(model: nn.Module, gains: Mapping[int, Gain]) -> dict[str, nn.Module]:
-    bl = blocks(model)
+def _gated(
+    model: nn.Module, gains: Mapping[int, Gain], granularity: str = "block"
+) -> dict[str, nn.Module]:
+    bl = blocks(model, granularity)
     _indices(list(gains), len(bl))
     out: dict[str, nn.Module] = {}
     for i, g in gains.items():
@@ -157,23 +161,27 @@ def _gated(model: nn.Module, gains: Mapping[int, Gain]) -> dict[str, nn.Module]:
 
 
 @contextmanager
-def delete(model: nn.Module, indices: Iterable[int] | int) -> Iterator[nn.Module]:
+def delete(
+    model: nn.Module, indices: Iterable[int] | int, granularity: str = "block"
+) -> Iterator[nn.Module]:
     """Delete units: a residual block becomes its shortcut path alone (``y = post(shortcut(x))``,
     exactly as if the residual branch were zero); a plain unit becomes the identity.
 
-    A plain unit that changes shape cannot be deleted and is refused.
+    A plain unit that changes shape cannot be deleted and is refused. Transformers:
+    ``granularity="branch"`` addresses attention and MLP branches (see ``blocks``).
     """
-    idx = _indices(indices, len(blocks(model)))
-    with swapped(model, _gated(model, dict.fromkeys(idx, 0.0))):
+    idx = _indices(indices, len(blocks(model, granularity)))
+    with swapped(model, _gated(model, dict.fromkeys(idx, 0.0), granularity)):
         yield model
 
 
 @contextmanager
 def scale(
-    model: nn.Module, factors: Mapping[int, float] | Sequence[float] | float
+    model: nn.Module, factors: Mapping[int, float] | Sequence[float] | float,
+    granularity: str = "block",
 ) -> Iterator[nn.Module]:
     """Multiply residual branches: ``{index: factor}``, one factor per block, or one for all."""
-    bl = blocks(model)
+    bl = blocks(model, granularity)
     if isinstance(factors, (int, float)):
         factors = {b.index: float(factors) for b in bl if b.kind == "residual"}
     elif not isinstance(factors, Mapping):
@@ -184,7 +192,8 @@ def scale(
         if bl[i].kind != "residual":
             msg = f"unit {i} ({bl[i].name}) is a plain unit: only residual branches scale"
             raise UsageError(msg)
-    with swapped(model, _gated(model, {i: float(f) for i, f in factors.items()})):
+    gains = {i: float(f) for i, f in factors.items()}
+    with swapped(model, _gated(model, gains, granularity)):
         yield model
 
 
@@ -231,6 +240,7 @@ def drop(
     generator: torch.Generator | None = None,
     rescale: bool = False,
     residual_only: bool = True,
+    granularity: str = "block",
 ) -> Iterator[nn.Module]:
     """Stochastic depth: each forward pass keeps unit l with probability p_l, else deletes it.
 
@@ -241,11 +251,11 @@ def drop(
     """
     if mode not in ("row", "batch"):
         raise UsageError(f"drop mode must be 'row' or 'batch', not {mode!r}")
-    bl = [b for b in blocks(model) if b.kind == "residual" or not residual_only]
+    bl = [b for b in blocks(model, granularity) if b.kind == "residual" or not residual_only]
     bl = [b for b in bl if not (b.kind == "plain" and b.changes_shape)]
     ps = survival_list(survival, len(bl))
     gains = {b.index: _bernoulli_gate(p, mode, generator, rescale) for b, p in zip(bl, ps)}
-    with swapped(model, _gated(model, gains)):
+    with swapped(model, _gated(model, gains, granularity)):
         yield model
 
 

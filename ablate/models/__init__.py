@@ -24,6 +24,8 @@ from ablate.models.cifar_resnet import (
     set_survival,
 )
 
+from .vit_cifar import vit_cifar
+
 __all__ = [
     "CifarResNet", "FAMILIES", "check_name", "create", "family", "is_cifar", "linear_survival",
     "names", "set_survival",
@@ -64,6 +66,7 @@ for _prefix, _block in _BLOCKS.items():
         if _prefix != "resnet" and _depth == 1202:
             continue
         _REGISTRY[f"{_prefix}{_depth}"] = _cifar_builder(_block, _depth)
+_REGISTRY["vit_cifar"] = vit_cifar  # ViT-Lite-7/4 (Hassani et al. 2021) for 32x32 images
 for _name in torchvision_models.RESNETS + torchvision_models.VGGS:
     _REGISTRY[_name] = lambda _n=_name, **kw: torchvision_models.create(_n, **kw)
 

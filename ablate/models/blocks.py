@@ -193,6 +193,11 @@ def _resolve(m: nn.Module) -> nn.Module:
 
 def chain(model: nn.Module) -> list[Block | Glue]:
     """The forward pass of ``model`` as steps; composing them equals ``model(x)`` bitwise."""
+    from . import transformers as tb
+
+    if tb.is_transformer(model):
+        raise UsageError(f"{type(model).__name__}: the batched lesion engine does not run "
+                         "transformers yet; use the interventions (delete, scale, reorder, ...)")
     if isinstance(model, CifarResNet):
         return _chain_cifar(model)
     if isinstance(model, torchvision.models.ResNet):
@@ -205,8 +210,17 @@ def chain(model: nn.Module) -> list[Block | Glue]:
     )
 
 
-def blocks(model: nn.Module) -> list[Block]:
-    """The deletable units of ``model`` in forward order (see :class:`Block`)."""
+def blocks(model: nn.Module, granularity: str = "block") -> list[Block]:
+    """The deletable units of ``model`` in forward order (see :class:`Block`).
+
+    Transformers: ``granularity="branch"`` lists each layer's attention and MLP branch.
+    """
+    from . import transformers as tb
+
+    if tb.is_transformer(model):
+        return tb.transformer_blocks(model, granularity)
+    if granularity not in tb.GRANULARITIES:
+        raise UsageError(f"granularity must be one of {tb.GRANULARITIES}, not {granularity!r}")
     return [s for s in chain(model) if isinstance(s, Block)]
 
 

@@ -62,6 +62,8 @@ def deviations(
     """Every way this run differs from the paper's recipe, in words, for the card."""
     out = []
     source = "Huang et al. 2016" if recipe.schedule == "huang" else "He et al. 2015"
+    if paper.optimizer == "adamw":
+        source = "Hassani et al. 2021"
     for key, value in asdict(recipe).items():
         if value != getattr(paper, key):
             out.append(f"{key} {value} instead of {getattr(paper, key)} ({source})")

@@ -40,6 +40,7 @@ class Recipe:
     warmup_lr: float = WARMUP_LR
     crop_padding: int = 4
     flip: bool = True
+    optimizer: str = "sgd"  # "sgd" | "adamw" (momentum and nesterov are SGD's)
 
 
 def paper_recipe(model: str, schedule: str = "he") -> Recipe:
@@ -48,6 +49,9 @@ def paper_recipe(model: str, schedule: str = "he") -> Recipe:
         return Recipe(schedule="huang", epochs=500, nesterov=True)
     if schedule not in SCHEDULES:
         raise UsageError(f"unknown --schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
+    if model.startswith("vit"):  # Hassani et al. 2021 (ViT-Lite): AdamW, cosine, warm-up
+        return Recipe(schedule="cosine", epochs=300, lr=5.5e-4, weight_decay=3e-2,
+                      optimizer="adamw", warmup_iters=WARMUP_ITERS, warmup_lr=5.5e-5)
     return Recipe(schedule=schedule, warmup_iters=WARMUP_ITERS if _needs_warmup(model) else 0)
 
 

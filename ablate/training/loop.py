@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import torchvision
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -88,10 +89,11 @@ def grad_probe(net: nn.Module) -> GradProbe:
                 params.append(p)
                 seg.append(u.index)
     device = next(net.parameters()).device
-    return GradProbe(
-        params, torch.tensor(seg, device=device), len(units),
-        net.get_submodule("conv1").weight, net.get_submodule("layer1.0.conv1").weight,
-    )
+    if isinstance(net, torchvision.models.VisionTransformer):  # patch embedding, first layer
+        stem, first = net.conv_proj.weight, units[0].module.self_attention.in_proj_weight
+    else:
+        stem, first = net.get_submodule("conv1").weight, net.get_submodule("layer1.0.conv1").weight
+    return GradProbe(params, torch.tensor(seg, device=device), len(units), stem, first)
 
 
 def grad_columns(n_blocks: int) -> list[str]:

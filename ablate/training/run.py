@@ -178,8 +178,11 @@ def _model(config: TrainConfig, recipe: Recipe, device: torch.device, rank: int,
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     zero_grads(net)
-    opt = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                          nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adamw":
+        opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    else:
+        opt = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                              nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     return net, opt, gen, arch_kwargs
 

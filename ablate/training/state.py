@@ -52,6 +52,8 @@ def load_state(path: Path, run: dict) -> dict:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise UsageError(f"--resume: {path} is not an ablate.train state; choose another --out")
     old = state["run"]
+    if isinstance(old.get("recipe"), dict):  # states saved before Recipe.optimizer existed
+        old["recipe"].setdefault("optimizer", "sgd")
     if old.get("model") != run["model"]:
         raise UsageError(
             f"--resume: {path} is a run of {old.get('model')}, not {run['model']}: pass "

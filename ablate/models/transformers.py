@@ -1,0 +1,262 @@
+"""Block adapters for transformers: torchvision and timm ViTs, Hugging Face decoder LMs.
+
+A pre-norm transformer layer computes ``h = x + attn(x); y = h + mlp(h)`` (GPT-NeoX with
+``use_parallel_residual``: ``y = x + attn(x) + mlp(x)``): two residual branches. ``blocks(model,
+granularity="block")`` lists the layers, ``granularity="branch"`` lists each layer's attention and
+MLP branch (names ``<layer>.<attn attr>`` and ``<layer>.<mlp attr>``, e.g. ``transformer.h.3.attn``
+and ``transformer.h.3.mlp``). The interventions of :mod:`ablate.interventions` gate a branch by
+wrapping the branch's module (its output is multiplied by the gain, so gain 0 makes the residual
+add ``x + 0``); a whole layer is gated by gating both of its branches with one gain, so deleting
+a layer makes it the identity. Nothing else of the layer is touched, whatever its forward's
+signature (attention masks, rotary embeddings, caches pass through unchanged).
+
+KV cache: an attention layer of a Hugging Face model reads and writes the cache slot numbered by
+its ``layer_idx``. A gated attention branch is still run (its output is zeroed afterwards), so
+every slot stays filled and ``generate`` stays correct under deletion; a moved layer keeps its own
+slot (a permutation is a bijection of slots). Plans that run a layer twice or skip layers
+(:mod:`ablate.structural`) renumber the slots by execution order instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from .._infra.errors import UsageError
+from .blocks import Block, get_module
+
+__all__ = [
+    "Family", "TransformerBlock", "family", "is_transformer", "transformer_blocks", "layer_paths",
+    "attention_of", "GRANULARITIES",
+]
+
+GRANULARITIES = ("block", "branch")
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where a transformer keeps its layers and what its layers call their two branches."""
+
+    name: str
+    layers: str  # qualified name of the layer container ('' for the model itself)
+    attn: str  # attribute of a layer holding the attention branch's module
+    mlp: str  # attribute of a layer holding the MLP branch's module
+    lm: bool  # a Hugging Face decoder LM (layers take kwargs and use a KV cache)
+    attn_tuple: bool  # the attention module returns (output, weights)
+
+
+def _is_timm(model: nn.Module) -> bool:
+    return type(model).__module__.startswith("timm.")
+
+
+def _is_hf(model: nn.Module) -> bool:
+    return type(model).__module__.startswith("transformers.")
+
+
+def is_transformer(model: nn.Module) -> bool:
+    """True for the model types this module adapts (cheap: imports neither timm nor HF)."""
+    return isinstance(model, torchvision.models.VisionTransformer) or (
+        (_is_timm(model) and hasattr(model, "blocks")) or _is_hf(model)
+    )
+
+
+_HF_LAYERS = ("transformer.h", "h", "gpt_neox.layers", "model.layers", "layers")
+
+
+def family(model: nn.Module) -> Family:
+    """The :class:`Family` of ``model``; a UsageError for anything else."""
+    if isinstance(model, torchvision.models.VisionTransformer):
+        return Family("torchvision_vit", "encoder.layers", "self_attention", "mlp", False, True)
+    if _is_timm(model) and hasattr(model, "blocks"):
+        first = _resolve(next(iter(model.blocks.children())))
+        if type(first).__name__ != "Block" or not hasattr(first, "ls1"):
+            raise UsageError(
+                f"timm blocks of type {type(first).__name__} are not supported: only the pre-norm "
+                "timm.models.vision_transformer.Block (x + ls(attn(norm(x))))"
+            )
+        return Family("timm_vit", "blocks", "attn", "mlp", False, False)
+    if _is_hf(model):
+        for path in _HF_LAYERS:
+            try:
+                layers = model.get_submodule(path)
+            except AttributeError:
+                continue
+            if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+                continue
+            first = _resolve(layers[0])
+            attn = next((a for a in ("self_attn", "attn", "attention") if hasattr(first, a)), None)
+            if attn is not None and hasattr(first, "mlp"):
+                return Family(f"hf_{type(first).__name__}", path, attn, "mlp", True, True)
+        raise UsageError(
+            f"{type(model).__name__}: no decoder layer list found (looked for "
+            f"{', '.join(_HF_LAYERS)} with self_attn/attn/attention and mlp in each layer)"
+        )
+    raise UsageError(f"{type(model).__name__} is not a supported transformer")
+
+
+def _resolve(m: nn.Module) -> nn.Module:
+    while hasattr(m, "inner") and getattr(m, "is_intervention", False):
+        m = m.inner
+    return m
+
+
+def layer_paths(model: nn.Module, fam: Family | None = None) -> list[str]:
+    """Qualified names of the layer positions, in forward order."""
+    fam = fam or family(model)
+    container = get_module(model, fam.layers)
+    prefix = f"{fam.layers}." if fam.layers else ""
+    return [prefix + k for k, _ in container.named_children()]
+
+
+def _real_path(model: nn.Module, path: str) -> str:
+    """The path of the layer object itself below any intervention wrappers at ``path``."""
+    m = get_module(model, path)
+    while hasattr(m, "inner") and getattr(m, "is_intervention", False):
+        path, m = path + ".inner", m.inner
+    return path
+
+
+def attention_of(layer: nn.Module, fam: Family) -> nn.Module:
+    """The attention module of ``layer`` (below any gate), the one that holds ``layer_idx``."""
+    return _resolve(getattr(_resolve(layer), fam.attn))
+
+
+# ---------------------------------------------------------------------------------------------
+# Branch gates.
+
+
+class _BranchGate(nn.Module):
+    """Stands in for a branch's module: its output times ``gain``.
+
+    ``gain`` is a float or a function of the input giving a float or a per-row gate. A gate with
+    a ``cell`` shares one draw per layer call: the first branch draws, the second reuses it. The
+    branch is not computed where the gain is 0, except for cached attention (``run_at_zero``),
+    which must still write its KV-cache slot.
+    """
+
+    is_intervention = True
+
+    def __init__(
+        self, inner: nn.Module, gain, tuple_out: bool, run_at_zero: bool,
+        cell: dict | None = None, first: bool = True,
+    ) -> None:
+        super().__init__()
+        self.inner = inner
+        self.training = inner.training
+        self._gain = gain
+        self._tuple = tuple_out
+        self._run_at_zero = run_at_zero
+        self._cell = cell
+        self._first = first
+
+    def _gain_for(self, x: Tensor):
+        if not callable(self._gain):
+            return self._gain
+        if self._cell is None:
+            return self._gain(x)
+        if self._first or "g" not in self._cell:
+            self._cell["g"] = self._gain(x)
+            return self._cell["g"]
+        return self._cell.pop("g")
+
+    def forward(self, *args, **kwargs):
+        x = args[0] if args else kwargs.get("hidden_states", next(iter(kwargs.values())))
+        g = self._gain_for(x)
+        if isinstance(g, float) and g == 0.0 and not self._run_at_zero:
+            z = torch.zeros_like(x)
+            return (z, None) if self._tuple else z
+        out = self.inner(*args, **kwargs)
+        o = out[0] if self._tuple else out
+        if isinstance(g, float):
+            if g == 0.0:
+                o = torch.zeros_like(o)
+            elif g != 1.0:
+                o = g * o
+        else:
+            if g.dim() == 1:
+                g = g.view(-1, *([1] * (o.dim() - 1))).to(o.dtype)
+            o = g * o
+        return (o, *out[1:]) if self._tuple else o
+
+    def extra_repr(self) -> str:
+        return f"gain={self._gain!r}"
+
+
+@dataclass(frozen=True, eq=False)
+class TransformerBlock(Block):
+    """A transformer layer (``branch=None``) or one of its branches (``"attn"``, ``"mlp"``).
+
+    ``layer`` is the layer position's name; ``family`` says how the layer is built. Gate it with
+    the interventions (``delete``, ``scale``, ``drop``; ``reorder`` at block granularity).
+    """
+
+    layer: str = ""
+    branch: str | None = None
+    family: Family | None = field(default=None, repr=False)
+    _model: nn.Module | None = field(default=None, repr=False)
+
+    def gate_replacements(self, gain) -> dict[str, nn.Module]:
+        """The module swaps that multiply this block's branch(es) by ``gain``."""
+        fam, model = self.family, self._model
+        real = _real_path(model, self.layer)
+        layer = get_module(model, real)
+        branches = ("attn", "mlp") if self.branch is None else (self.branch,)
+        cell = {} if callable(gain) and len(branches) == 2 else None
+        out: dict[str, nn.Module] = {}
+        for i, br in enumerate(branches):
+            attr = fam.attn if br == "attn" else fam.mlp
+            inner = getattr(layer, attr)
+            tuple_out = fam.attn_tuple and br == "attn"
+            run_at_zero = fam.lm and br == "attn"
+            out[f"{real}.{attr}"] = _BranchGate(inner, gain, tuple_out, run_at_zero, cell, i == 0)
+        return out
+
+    def _no(self, *_a, **_k):
+        raise UsageError(
+            f"{self.name} is a transformer block: the batched lesion engine and the residual/"
+            "shortcut functions do not cover transformers; use the interventions (delete, scale, "
+            "drop, reorder, repeat) on the model"
+        )
+
+    residual = shortcut = post = unit = apply_gains = _no
+
+    def __call__(self, x: Tensor, gain: float = 1.0) -> Tensor:
+        return self._no()
+
+
+def transformer_blocks(model: nn.Module, granularity: str = "block") -> list[TransformerBlock]:
+    """The layers (``granularity="block"``) or branches (``"branch"``) of a transformer."""
+    if granularity not in GRANULARITIES:
+        raise UsageError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
+    fam = family(model)
+    out: list[TransformerBlock] = []
+    for path in layer_paths(model, fam):
+        module = get_module(model, path)
+        if granularity == "block":
+            out.append(TransformerBlock(
+                len(out), path, 1, False, "residual", module, layer=path, family=fam,
+                _model=model,
+            ))
+            continue
+        layer = _resolve(module)
+        for br, attr in (("attn", fam.attn), ("mlp", fam.mlp)):
+            out.append(TransformerBlock(
+                len(out), f"{path}.{attr}", 1, False, "residual", getattr(layer, attr),
+                layer=path, branch=br, family=fam, _model=model,
+            ))
+    return out
+
+
+def cache_of(args: tuple, kwargs: dict) -> object | None:
+    """The KV cache passed to a layer, by keyword or position, whatever its argument's name."""
+    for v in (*args, *kwargs.values()):
+        if hasattr(v, "get_seq_length") and hasattr(v, "update"):
+            return v
+    return None
+
+
+GainFn = Callable[[Tensor], Tensor | float]
