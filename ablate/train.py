@@ -65,8 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="default: on for CUDA")
-    p.add_argument("--amp", choices=("bf16", "off"), help="default: bf16 on CUDA, off on CPU")
+                   help="default: on (GPU and CPU)")
+    p.add_argument("--amp", choices=("bf16", "off"),
+                   help="bf16 autocast for training steps; default: bf16 on a GPU and on a CPU "
+                        "with native bf16 (AVX512-BF16/AMX), else off (fp32)")
     p.add_argument("--val-split", type=int, default=0,
                    help="hold out N train images for validation (the papers: 5000; default 0)")
     p.add_argument("--limit-train", type=int, help="use the first N train images (smoke runs)")

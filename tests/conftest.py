@@ -50,6 +50,15 @@ def _no_network(monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", local_only)
 
 
+@pytest.fixture(autouse=True)
+def _fp32_training(monkeypatch):
+    """Train in fp32 whatever this CPU offers, so results do not depend on the machine; the
+    precision choice itself is tested with this patched both ways."""
+    from ablate.training import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+
+
 def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n)

@@ -9,12 +9,14 @@ import torch
 
 from ablate.data import Dataset
 from ablate.training.config import Recipe, TrainConfig
+from ablate.training.precision import cpu_name
+from ablate.training.precision import ranges as precision_ranges
 
 __all__ = ["card", "deviations", "device_name"]
 
 
 def device_name(device: torch.device) -> str:
-    return torch.cuda.getdevice_name(device) if device.type == "cuda" else "cpu"
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 def card(
@@ -44,6 +46,7 @@ def card(
         "device": device_name(device),
         "world_size": world,
         "amp": "bf16" if amp else "off",
+        "precision_by_epochs": precision_ranges(log),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__},
         "log": f"{name}.log.csv",

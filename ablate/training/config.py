@@ -140,8 +140,8 @@ class TrainConfig:
     resume: bool = False
     device: str = "auto"
     compile: bool = False
-    channels_last: bool | None = None  # None: on for CUDA, off on the CPU
-    amp: str | None = None  # "bf16" | "off"; None: bf16 on CUDA, off on the CPU
+    channels_last: bool | None = None  # None: on (training.precision.choose)
+    amp: str | None = None  # "bf16" | "off"; None: by device and CPU feature (precision.choose)
     val_split: int = 0  # hold out this many train images (the papers: 5000)
     limit_train: int | None = None
     limit_test: int | None = None

@@ -23,6 +23,7 @@ from ablate.models import checkpoint
 from ablate.training import card as card_mod
 from ablate.training.config import Recipe, TrainConfig, lr_at, paper_recipe
 from ablate.training.loop import Shard, evaluate, grad_columns, grad_probe, train_epoch, zero_grads
+from ablate.training.precision import choose as choose_precision
 from ablate.training.state import load_state, save_state, set_rng_state, write_log
 
 __all__ = ["train"]
@@ -48,6 +49,7 @@ class _Run:
     opt: torch.optim.Optimizer
     gen: torch.Generator
     run: dict  # what a resume must match (training.state.load_state)
+    precision_why: str = ""
     log: list[dict] = field(default_factory=list)
     start_epoch: int = 0
     step: int = 0
@@ -98,8 +100,8 @@ def _setup(config: TrainConfig, device: torch.device, train_data: Dataset | None
     if config.survival() is not None and config.sd_mode == "row" and world > 1:
         raise UsageError("row-mode stochastic depth is not supported with several processes: "
                          "use --sd-mode batch")
-    amp = (config.amp or ("bf16" if device.type == "cuda" else "off")) == "bf16"
-    channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
+    precision = choose_precision(device, config.amp, config.channels_last)
+    amp, channels_last = precision.amp, precision.channels_last
     name = config.run_name()
     out = Path(config.out or Path("runs") / name)
     if not config.resume and (out / "last.pt").exists():
@@ -113,7 +115,7 @@ def _setup(config: TrainConfig, device: torch.device, train_data: Dataset | None
         "val_split": config.val_split, "world_size": world,
     }
     r = _Run(config, name, recipe, device, Shard(rank, world), amp, channels_last, out, splits,
-             train_ds, net, opt, gen, run)
+             train_ds, net, opt, gen, run, precision.why)
     if config.resume:
         _resume(r)
     return r
@@ -217,8 +219,8 @@ def _announce(r: _Run) -> None:
         print(f"training {r.name}: {r.config.model} on {r.train_ds.name} ({len(r.train_ds)} "
               f"train, {n_test} test images), {r.recipe.epochs} epochs of {_steps(r)} steps, "
               f"batch {r.recipe.batch_size} on {r.shard.world}x "
-              f"{card_mod.device_name(r.device)}, amp {'bf16' if r.amp else 'off'}, out {r.out}",
-              flush=True)
+              f"{card_mod.device_name(r.device)}, out {r.out}", flush=True)
+        print(f"precision: {r.precision_why}; evaluation in fp32", flush=True)
 
 
 def _steps(r: _Run) -> int:
@@ -251,7 +253,9 @@ def _epoch(r: _Run, fwd: nn.Module, eval_net: nn.Module, epoch: int) -> None:
         row["val_loss"], row["val_error"] = evaluate(eval_net, *r.splits["val"], **ev)
     seconds = time.perf_counter() - t0
     r.train_seconds += seconds
-    row |= {"images_per_s": _steps(r) * r.recipe.batch_size / t_train, "epoch_seconds": seconds}
+    row |= {"images_per_s": _steps(r) * r.recipe.batch_size / t_train, "epoch_seconds": seconds,
+            "amp": "bf16" if r.amp else "off", "channels_last": r.channels_last,
+            "device": card_mod.device_name(r.device)}
     row |= dict(zip(grad_columns(probe.n_blocks), gmean.tolist(), strict=True))
     r.log.append(row)
     if r.main:

@@ -227,7 +227,7 @@ def test_two_process_ddp_equals_one_process(tmp_path, monkeypatch):
     monkeypatch.setitem(models._REGISTRY, "nobn8", _nobn8)
     tr, te = synthetic(64, "train"), synthetic(16, "test", 1)
     kw = {"model": "nobn8", "epochs": 2, "batch_size": 16, "lr": 0.01,
-          "stochastic_depth": "linear:0.5"}
+          "stochastic_depth": "linear:0.5", "amp": "off"}  # spawned workers: no conftest
     one = train(tiny(tmp_path / "one", **kw), train_data=tr, test_data=te)
     cfg = tiny(tmp_path / "two", **kw)
     mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, tr, te), nprocs=2, join=True)
