@@ -20,6 +20,7 @@ def condition(loaded: Loaded, ds: Dataset) -> dict:
         "model": loaded.name,
         "family": family(loaded),
         "checkpoint_sha256": loaded.sha256 or "none",
+        "weights_source": loaded.source,
         "dataset": ds.name,
         "split": ds.split,
         "n_images": len(ds),

@@ -59,9 +59,22 @@ class Loaded:
     dataset: str | None  # what it was trained on, if known
     card: dict = field(default_factory=dict)
 
+    @property
+    def source(self) -> str:
+        """Who made the weights: a published repository, ablate's trainer, torchvision, ..."""
+        origin = self.card.get("weights")
+        if isinstance(origin, dict) and origin.get("source"):
+            return f"{origin['source']}@{origin.get('commit', '?')}"
+        if self.format == "ablate":
+            return str(self.card.get("trained_by", "ablate.train"))
+        if self.format == "torchvision":
+            return f"torchvision {self.card.get('weights')}"
+        return "fresh initialisation" if self.format == "init" else f"unknown ({self.format} file)"
+
     def provenance(self) -> dict:
         return {
-            "model": self.name, "arch": self.arch, "checkpoint": self.path,
+            "model": self.name, "arch": self.arch, "weights_source": self.source,
+            "checkpoint": self.path,
             "checkpoint_sha256": self.sha256, "checkpoint_format": self.format,
             "trained_on": self.dataset, "normalization": {"mean": self.mean, "std": self.std},
         }

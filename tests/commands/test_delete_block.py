@@ -96,9 +96,31 @@ def test_bundled_default_data(tmp_path, tiny_checkpoints, capsys):
     assert main(["--model", "resnet20", "--checkpoint", str(tiny_checkpoints["resnet20"]),
                  "--limit", "20", "--blocks", "0,4", "--out", str(out), "--device", "cpu",
                  "--no-figure"]) == 0
-    assert "bundled" in capsys.readouterr().err
+    assert "bundled pristine CIFAR-10" in capsys.readouterr().err
     df = pd.read_csv(out / "results.csv")
-    assert df.dataset.unique().tolist() == ["cifar10-jpeg"] and df.block.tolist() == [0, 4]
+    assert df.dataset.unique().tolist() == ["cifar10"] and df.block.tolist() == [0, 4]
+    assert df.weights_source.unique().tolist() == ["ablate.train"]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["data"]["name"] == "cifar10" and meta["models"][0]["weights_source"]
+
+
+def test_no_argument_demo_is_resnet56_against_plain56_on_1000_images(monkeypatch, capsys):
+    """The README's main job: its defaults, without running the sweep."""
+    from ablate import _cli
+
+    seen, real_load_data = {}, _cli.load_data
+
+    def stop(args, loaded):
+        seen["models"] = args.model or args.default_models
+        seen["ds"] = real_load_data(args, loaded)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(_cli, "load_models", lambda args, **kw: [])
+    monkeypatch.setattr(_cli, "load_data", stop)
+    with pytest.raises(SystemExit):
+        main([])
+    assert seen["models"] == ["resnet56", "plain56"] and len(seen["ds"]) == 1000
+    assert "first 1000 images (100 per class)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

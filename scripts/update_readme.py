@@ -1,0 +1,88 @@
+"""Fill README.md's generated blocks from measured files, never by hand.
+
+- ``models``: the bundled checkpoints' table, from their cards (``ablate/checkpoints/*.json``).
+- ``main-job``: the README's main job, from the run folder of ``python -m ablate.delete_block``
+  (its ``results.csv`` and ``meta.json``: errors, the damage per block, the wall time).
+
+Each block sits between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``. Usage:
+
+    python scripts/update_readme.py [--main-job runs/delete_block/resnet56+plain56]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+CARDS = ROOT / "ablate" / "checkpoints"
+
+
+def models_table() -> str:
+    rows = ["| name | network | trained by | test error, pristine CIFAR-10 (measured) | "
+            "published | recipe |", "|---|---|---|---|---|---|"]
+    own = []
+    for path in sorted(CARDS.glob("*.json"), key=lambda p: (len(p.stem), p.stem)):
+        card = json.loads(path.read_text())
+        err = card.get("test_error", card.get("final_test_error"))
+        w = card.get("weights")
+        if w is None:
+            own.append(card)
+            continue
+        rows.append(f"| `{card['name']}` | {card['arch']} | [{w['source']}]"
+                    f"(https://github.com/{w['source']}) @ {w['commit']}, {w['license']} | "
+                    f"{err:.2%} | {w['published_error']:.2f}% | {w['recipe'].split(', SGD')[0]} |")
+    out = "\n".join(rows)
+    if own:
+        lines = ["| name | network | test error, pristine CIFAR-10 | epochs | trained on |",
+                 "|---|---|---|---|---|"]
+        for c in own:
+            lines.append(f"| `{c['name']}` | {c['arch']} | {c['final_test_error']:.2%} | "
+                         f"{c['epochs']} ({c['recipe']['schedule']}) | "
+                         f"{c.get('device', '?')}, {c['train_seconds'] / 3600:.1f} h |")
+        out += "\n\nTrained by ablate (`python -m ablate.train`):\n\n" + "\n".join(lines)
+    return out
+
+
+def main_job(folder: Path) -> str:
+    df = pd.read_csv(folder / "results.csv")
+    meta = json.loads((folder / "meta.json").read_text())
+    seconds = meta.get("wall_seconds") or meta.get("environment", {}).get("wall_seconds")
+    n = int(df.n_images.iloc[0]) if "n_images" in df else meta.get("data", {}).get("n_images")
+    lines = [f"Measured by the command above on {n} images "
+             f"({meta.get('environment', {}).get('device', 'cpu')}; "
+             f"wall time {seconds / 60:.1f} min including setup):", ""]
+    lines += ["| model | intact error | median error, one unit deleted | worst unit | its error |",
+              "|---|---|---|---|---|"]
+    for model, d in df.groupby("model", sort=False):
+        worst = d.loc[d.error.idxmax()]
+        lines.append(f"| {model} | {d.intact_error.iloc[0]:.1%} | {d.error.median():.1%} | "
+                     f"{worst.block_name} | {worst.error:.1%} |")
+    return "\n".join(lines)
+
+
+def fill(text: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md has no <!-- {name}:start/end --> block")
+    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--main-job", type=Path, help="run folder of the README's main job")
+    args = ap.parse_args()
+    readme = ROOT / "README.md"
+    text = fill(readme.read_text(), "models", models_table())
+    if args.main_job:
+        text = fill(text, "main-job", main_job(args.main_job))
+    readme.write_text(text)
+    print(f"updated {readme}")
+
+
+if __name__ == "__main__":
+    main()
