@@ -37,8 +37,9 @@ PANEL_OF: dict[str, str] = {
     "preact": "preact",
     "plain": "plain",
     "torchvision": "torchvision",
+    "vit": "vit",
 }
-_PANEL_ORDER = ("resnet", "preact", "plain", "torchvision")
+_PANEL_ORDER = ("resnet", "preact", "plain", "torchvision", "vit")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 _MS = 3.0  # marker size (points) of an ordinary block
 _SEPARATOR = "#dddddd"

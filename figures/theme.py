@@ -48,6 +48,7 @@ FAMILY_COLORS: dict[str, str] = {
     "stochastic_depth": "#009E73",  # bluish green
     "preact": "#CC79A7",  # reddish purple
     "torchvision": "#E69F00",  # orange
+    "vit": "#56B4E9",  # sky blue
     "reference": "#000000",  # black: published numbers
 }
 FAMILY_LABELS: dict[str, str] = {
@@ -56,6 +57,7 @@ FAMILY_LABELS: dict[str, str] = {
     "stochastic_depth": "stochastic depth",
     "preact": "pre-activation",
     "torchvision": "torchvision",
+    "vit": "ViT",
     "reference": "published",
 }
 FAMILY_ORDER: tuple[str, ...] = tuple(FAMILY_COLORS)

@@ -31,7 +31,7 @@ __all__ = [
     "names", "set_survival",
 ]
 
-FAMILIES = ("resnet", "plain", "stochastic_depth", "preact", "torchvision")
+FAMILIES = ("resnet", "plain", "stochastic_depth", "preact", "torchvision", "vit")
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 _BLOCKS = {"resnet": BasicBlock, "plain": PlainBlock, "preact_resnet": PreActBlock}
@@ -94,6 +94,8 @@ def _family_of_name(name: str) -> str | None:
         return "stochastic_depth"
     if name.startswith("vgg"):
         return "torchvision"
+    if name.startswith("vit"):
+        return "vit"
     m = re.match(r"resnet[_-]?(\d+)", name)
     if m:
         depth = int(m.group(1))
@@ -105,12 +107,12 @@ def _family_of_name(name: str) -> str | None:
 
 
 def family(name: str, card: Mapping | None = None, default: str | None = None) -> str:
-    """The one model-family rule: resnet | plain | stochastic_depth | preact | torchvision.
+    """The one model-family rule: resnet | plain | stochastic_depth | preact | torchvision | vit.
 
     A checkpoint card says so first (stochastic depth in it or its ``arch_kwargs``, its
     ``arch``); else the name: ``plain*``, ``preact*``, an ``sd`` token or ``stochastic``,
-    ``vgg*`` and ``resnet{18,34,50,101,152}`` (torchvision), ``resnet{6n+2}``. A name that says
-    nothing gives ``default``, or a ValueError when there is none.
+    ``vgg*`` and ``resnet{18,34,50,101,152}`` (torchvision), ``vit*``, ``resnet{6n+2}``. A name
+    that says nothing gives ``default``, or a ValueError when there is none.
     """
     card = card or {}
     if card.get("stochastic_depth") or \

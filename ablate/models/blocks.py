@@ -4,7 +4,8 @@
 block computing ``post(residual(x) + shortcut(x))``; a plain unit (a layer of a plain net or a VGG)
 is conv + BN + ReLU. ``chain(model)`` gives the whole forward pass as a sequence of steps, units
 and the glue between them, whose composition is bitwise the model's own forward: the batched
-lesion engine and the path-gradient measures run on it.
+lesion engine and the path-gradient measures run on it. torchvision ViTs chain as stem, encoder
+layers (``transformers.ViTBlock``: gain g scales both branches, 0 is the identity) and head.
 """
 
 from __future__ import annotations
@@ -196,8 +197,7 @@ def chain(model: nn.Module) -> list[Block | Glue]:
     from . import transformers as tb
 
     if tb.is_transformer(model):
-        raise UsageError(f"{type(model).__name__}: the batched lesion engine does not run "
-                         "transformers yet; use the interventions (delete, scale, reorder, ...)")
+        return tb.vit_chain(model)
     if isinstance(model, CifarResNet):
         return _chain_cifar(model)
     if isinstance(model, torchvision.models.ResNet):
@@ -206,7 +206,7 @@ def chain(model: nn.Module) -> list[Block | Glue]:
         return _chain_vgg(model)
     raise UsageError(
         f"{type(model).__name__} is not a supported architecture: use a model from "
-        "ablate.models (CIFAR ResNets, plain nets, torchvision ResNets and VGGs)"
+        "ablate.models (CIFAR ResNets, plain nets, torchvision ResNets, VGGs and ViTs)"
     )
 
 

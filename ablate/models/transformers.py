@@ -27,11 +27,11 @@ import torchvision
 from torch import Tensor, nn
 
 from .._infra.errors import UsageError
-from .blocks import Block, get_module
+from .blocks import Block, Glue, get_module
 
 __all__ = [
-    "Family", "TransformerBlock", "family", "is_transformer", "transformer_blocks", "layer_paths",
-    "attention_of", "GRANULARITIES",
+    "Family", "TransformerBlock", "ViTBlock", "family", "is_transformer", "transformer_blocks",
+    "layer_paths", "attention_of", "vit_chain", "GRANULARITIES",
 ]
 
 GRANULARITIES = ("block", "branch")
@@ -228,16 +228,82 @@ class TransformerBlock(Block):
         return self._no()
 
 
+@dataclass(frozen=True, eq=False)
+class ViTBlock(TransformerBlock):
+    """A torchvision ViT encoder layer that the batched lesion engine can run.
+
+    With gain g both branches are scaled, as the interventions gate them:
+    ``h = x + dropout(g * attn(ln_1(x)))``, ``y = h + g * mlp(ln_2(h))``; g = 1 is the layer's own
+    forward, g = 0 the identity. The layer is read from the model at call time, so a reordered or
+    gated position runs what the model holds there.
+    """
+
+    def _layer(self) -> nn.Module:
+        return get_module(self._model, self.layer)
+
+    def unit(self, x: Tensor) -> Tensor:
+        return self._layer()(x)
+
+    def __call__(self, x: Tensor, gain: float = 1.0) -> Tensor:
+        return self._gained(self._layer(), x, gain)
+
+    @staticmethod
+    def _gained(m: nn.Module, x: Tensor, g: float) -> Tensor:
+        if g == 1.0:
+            return m(x)
+        if g == 0.0:
+            return x
+        q = m.ln_1(x)
+        a, _ = m.self_attention(q, q, q, need_weights=False)
+        h = m.dropout(g * a) + x
+        return h + g * m.mlp(m.ln_2(h))
+
+    def apply_gains(self, x: Tensor, gains, sizes) -> Tensor:
+        """Each chunk alone with its gain: a matmul's bits can depend on its number of rows, so
+        every chunk is computed at the size the naive loop runs it at."""
+        m = self._layer()
+        if len(gains) == 1:
+            return self._gained(m, x, gains[0])
+        return torch.cat([self._gained(m, c, g) for c, g in zip(x.split(list(sizes)), gains)])
+
+
+def vit_chain(model: nn.Module) -> list[Block | Glue]:
+    """torchvision ``VisionTransformer`` as stem, encoder layers and head (see ``blocks.chain``).
+
+    Stem: patch embedding, class token, position embedding, dropout; head: final LayerNorm, the
+    class token's features, the classification head. Composed, bitwise ``model(x)``.
+    """
+    if family(model).name != "torchvision_vit":
+        raise UsageError(f"{type(model).__name__}: the batched lesion engine runs torchvision "
+                         "ViTs, CIFAR/torchvision ResNets and VGGs; use the interventions "
+                         "(delete, scale, reorder, ...) on this transformer")
+    enc = model.encoder
+
+    def stem(x: Tensor) -> Tensor:
+        x = model._process_input(x)
+        x = torch.cat([model.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return enc.dropout(x + enc.pos_embedding)
+
+    def head(x: Tensor) -> Tensor:
+        return model.heads(enc.ln(x)[:, 0])
+
+    return [Glue("stem", stem), *transformer_blocks(model), Glue("head", head)]
+
+
 def transformer_blocks(model: nn.Module, granularity: str = "block") -> list[TransformerBlock]:
-    """The layers (``granularity="block"``) or branches (``"branch"``) of a transformer."""
+    """The layers (``granularity="block"``) or branches (``"branch"``) of a transformer.
+
+    torchvision ViT layers are :class:`ViTBlock` s, which the batched engine runs.
+    """
     if granularity not in GRANULARITIES:
         raise UsageError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
     fam = family(model)
     out: list[TransformerBlock] = []
+    whole = ViTBlock if fam.name == "torchvision_vit" else TransformerBlock
     for path in layer_paths(model, fam):
         module = get_module(model, path)
         if granularity == "block":
-            out.append(TransformerBlock(
+            out.append(whole(
                 len(out), path, 1, False, "residual", module, layer=path, family=fam,
                 _model=model,
             ))

@@ -70,8 +70,10 @@ def deviations(
     for key, value in asdict(recipe).items():
         if value != getattr(paper, key):
             out.append(f"{key} {value} instead of {getattr(paper, key)} ({source})")
-    if recipe.schedule == "cosine":
+    if recipe.schedule == "cosine" and paper.schedule != "cosine":
         out.append("cosine learning-rate decay instead of steps at 50% and 75%")
+    if paper.optimizer == "adamw":
+        out.append("crop and flip only: no AutoAugment, Mixup or CutMix (Hassani et al. 2021)")
     if dataset != "cifar10":
         what = " (a JPEG q75 copy of CIFAR-10)" if dataset == "cifar10-jpeg" else ""
         out.append(f"data set {dataset}{what} instead of CIFAR-10")

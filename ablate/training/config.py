@@ -41,6 +41,7 @@ class Recipe:
     crop_padding: int = 4
     flip: bool = True
     optimizer: str = "sgd"  # "sgd" | "adamw" (momentum and nesterov are SGD's)
+    label_smoothing: float = 0.0  # of the training loss (Hassani et al.'s ViT recipe: 0.1)
 
 
 def paper_recipe(model: str, schedule: str = "he") -> Recipe:
@@ -49,9 +50,11 @@ def paper_recipe(model: str, schedule: str = "he") -> Recipe:
         return Recipe(schedule="huang", epochs=500, nesterov=True)
     if schedule not in SCHEDULES:
         raise UsageError(f"unknown --schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
-    if model.startswith("vit"):  # Hassani et al. 2021 (ViT-Lite): AdamW, cosine, warm-up
+    if model.startswith("vit"):  # Hassani et al. 2021 (ViT-Lite): AdamW, cosine, warm-up,
+        # label smoothing 0.1; their AutoAugment and Mixup/CutMix are not implemented here
         return Recipe(schedule="cosine", epochs=300, lr=5.5e-4, weight_decay=3e-2,
-                      optimizer="adamw", warmup_iters=WARMUP_ITERS, warmup_lr=5.5e-5)
+                      optimizer="adamw", warmup_iters=WARMUP_ITERS, warmup_lr=5.5e-5,
+                      label_smoothing=0.1)
     return Recipe(schedule=schedule, warmup_iters=WARMUP_ITERS if _needs_warmup(model) else 0)
 
 
@@ -129,7 +132,7 @@ class TrainConfig:
     data: str | None = None  # path to a data set, or "cifar10"/"cifar100" (torchvision)
     epochs: int | None = None  # None: the schedule's (164 he/cosine, 500 huang)
     batch_size: int = 128  # global batch, split across ranks
-    lr: float = 0.1
+    lr: float | None = None  # None: the recipe's (0.1 SGD; 5.5e-4 for vit_cifar's AdamW)
     schedule: str = "he"
     warmup: str = "auto"  # auto: ResNet-110+ and plain nets, not the huang schedule
     stochastic_depth: str | None = None  # "linear:0.5"

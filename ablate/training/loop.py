@@ -157,7 +157,7 @@ def train_epoch(
         x, y = normalize(x, m, sd, channels_last=channels_last), labels[idx]
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(x)
-            loss = F.cross_entropy(out.float(), y)
+            loss = F.cross_entropy(out.float(), y, label_smoothing=recipe.label_smoothing)
         loss.backward()
         if probe is not None:
             g = probe()

@@ -52,8 +52,9 @@ def load_state(path: Path, run: dict) -> dict:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise UsageError(f"--resume: {path} is not an ablate.train state; choose another --out")
     old = state["run"]
-    if isinstance(old.get("recipe"), dict):  # states saved before Recipe.optimizer existed
+    if isinstance(old.get("recipe"), dict):  # states saved before these Recipe fields existed
         old["recipe"].setdefault("optimizer", "sgd")
+        old["recipe"].setdefault("label_smoothing", 0.0)
     if old.get("model") != run["model"]:
         raise UsageError(
             f"--resume: {path} is a run of {old.get('model')}, not {run['model']}: pass "

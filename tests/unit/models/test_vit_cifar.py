@@ -29,6 +29,9 @@ def test_vit_cifar_in_registry_and_blocks():
 def test_vit_recipe_and_one_epoch(tmp_path):
     r = make_recipe("vit_cifar")
     assert (r.optimizer, r.schedule, r.weight_decay) == ("adamw", "cosine", 3e-2)
+    assert (r.lr, r.label_smoothing) == (5.5e-4, 0.1)
+    assert TrainConfig(model="vit_cifar").recipe().lr == 5.5e-4  # no SGD rate from the flags
+    assert TrainConfig(model="resnet20").recipe() == make_recipe("resnet20")
     cfg = TrainConfig(model="vit_cifar", epochs=1, batch_size=32, device="cpu",
                       out=str(tmp_path / "run"), progress=False)
     train(cfg, train_data=synthetic(64, "train", hw=32), test_data=synthetic(32, "test", 1, 32))

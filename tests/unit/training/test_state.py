@@ -69,7 +69,11 @@ def test_a_state_written_in_the_old_format_resumes(tmp_path):
     gen = torch.Generator().manual_seed(0)
     gen.set_state(st["rng"]["data"])
     torch.set_rng_state(st["rng"]["torch"])
-    old = _old_format_state(net, opt, gen, st["run"], st["epoch"], st["step"], st["log"])
+    # as the old trainer wrote it: its recipe had no optimizer or label_smoothing fields
+    recipe = {k: v for k, v in st["run"]["recipe"].items()
+              if k not in ("optimizer", "label_smoothing")}
+    run = {**st["run"], "recipe": recipe}
+    old = _old_format_state(net, opt, gen, run, st["epoch"], st["step"], st["log"])
     torch.save(old, part / "last.pt")
     resumed = load_file(str(train(_config(part, resume=True), train_data=tr, test_data=te)))
     assert resumed.keys() == whole.keys()
