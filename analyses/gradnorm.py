@@ -29,11 +29,13 @@ from ablate.measures import mean_interval
 from ablate.models.blocks import Block, blocks, chain, get_module
 from ablate.models.checkpoint import Loaded
 from analyses.context import condition
+from analyses.sweep import resume
 from analyses.table import Table
 
 __all__ = ["KEY", "STATES", "depths", "gradients", "init_twin", "run", "unit_parameters"]
 
-KEY = ("model", "checkpoint_sha256", "state", "dataset", "split", "n_images", "bn", "seed")
+KEY = ("model", "checkpoint_sha256", "state", "dataset", "split", "n_images", "data_sha256",
+       "bn", "seed")
 STATES = ("init", "trained")
 
 
@@ -139,13 +141,13 @@ def run(
             raise UsageError(f"{loaded.name} has no trained weights: pass --checkpoint, or ask "
                              "for --states init")
     base = {**condition(loaded, ds), "bn": bn, "seed": seed}
-    for state in states:
-        if table.has(**base, state=state):
-            continue
+
+    def measure(part: list[dict]) -> list[dict]:
+        state = part[0]["state"]
         net = loaded.model if state == "trained" else init_twin(loaded, seed)
-        table.add(_measure(net, loaded, ds, {**base, "state": state}, bn, batch_size, progress))
-    sel = table.select(**base)
-    return sel[sel["state"].isin(states)].reset_index(drop=True)
+        return _measure(net, loaded, ds, part[0], bn, batch_size, progress)
+
+    return resume(table, [{**base, "state": s} for s in states], measure, what=loaded.name)
 
 
 def _measure(net: nn.Module, loaded: Loaded, ds: Dataset, base: dict, bn: str, batch_size: int,

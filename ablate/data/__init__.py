@@ -11,6 +11,7 @@ float batches without any per-image Python work.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -96,6 +97,17 @@ class Dataset:
             f"Dataset(name={self.name!r}, split={self.split!r}, images={shape}, "
             f"classes={len(self.classes)}, source={self.source!r})"
         )
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the images and labels as evaluated (after any resize/crop and --limit):
+        results are keyed by it, so other data of the same name and size is never mistaken
+        for these."""
+        h = hashlib.sha256()
+        h.update(repr((tuple(self.images.shape), tuple(self.classes))).encode())
+        h.update(self.images.contiguous().cpu().numpy().tobytes())
+        h.update(self.labels.contiguous().cpu().numpy().tobytes())
+        return h.hexdigest()
 
     def subset(self, n: int | None) -> Dataset:
         """The first ``n`` images (``None`` or ``n >= len``: all of them); backs ``--limit``."""
