@@ -120,7 +120,7 @@ def test_one_split_folder_mixed_sizes_resize_crop_and_cache(val, tmp_path, monke
     def boom(*args):
         raise AssertionError("decoded again, cache unused")
 
-    monkeypatch.setattr(data, "_decode", boom)
+    monkeypatch.setattr(data.cache, "decode", boom)
     again = data.load(val, resize=36, crop=32, cache_dir=cache)
     assert torch.equal(again.images, ds.images) and torch.equal(again.labels, ds.labels)
     with pytest.raises(AssertionError, match="cache unused"):  # resize/crop are in the key
