@@ -96,6 +96,27 @@ class Table:
             self.df.to_csv(buf, index=False)
             write_text(self.path, buf.getvalue())
 
+    def replace(self, rows: pd.DataFrame, by: Sequence[str] = ("model",)) -> None:
+        """Write ``rows`` in place of the rows with the same ``by`` values (a derived table
+        recomputed on each run), keeping every other row, e.g. other models'; atomic and locked
+        like :meth:`add`."""
+        def kept(old: pd.DataFrame) -> pd.DataFrame:
+            if old.empty:
+                return old
+            new = {tuple(_norm(v) for v in r) for r in rows[list(by)].itertuples(index=False)}
+            same = [tuple(_norm(v) for v in r) in new
+                    for r in old[list(by)].itertuples(index=False)]
+            return old[[not x for x in same]]
+
+        if self.path is None:
+            self.df = pd.concat([kept(self.df), rows], ignore_index=True)
+            return
+        with locked(self.path):
+            self.df = pd.concat([kept(self._read()), rows], ignore_index=True)
+            buf = io.StringIO()
+            self.df.to_csv(buf, index=False)
+            write_text(self.path, buf.getvalue())
+
     def _read_quiet(self) -> pd.DataFrame:
         try:
             with contextlib.redirect_stderr(io.StringIO()):
