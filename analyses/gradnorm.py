@@ -26,7 +26,7 @@ from ablate import models
 from ablate._infra.errors import UsageError
 from ablate.data import Dataset, normalize
 from ablate.measures import mean_interval
-from ablate.models.blocks import Block, blocks, chain, get_module
+from ablate.models.blocks import Block, blocks, chain, get_module, restore_flags, train_flags
 from ablate.models.checkpoint import Loaded
 from analyses.context import condition
 from analyses.sweep import resume
@@ -66,7 +66,7 @@ def depths(model: nn.Module) -> list[int]:
 def _bn_mode(model: nn.Module, bn: str) -> Iterator[None]:
     """Eval mode throughout; with ``bn="train"`` BN layers use batch statistics, and their
     running statistics are restored afterwards."""
-    was = model.training
+    flags = train_flags(model)
     model.eval()
     saved = {}
     if bn == "train":
@@ -81,7 +81,7 @@ def _bn_mode(model: nn.Module, bn: str) -> Iterator[None]:
             m = model.get_submodule(name)
             for k, v in bufs.items():
                 getattr(m, k).copy_(v)
-        model.train(was)
+        restore_flags(flags)
 
 
 def gradients(model: nn.Module, x: Tensor, y: Tensor, *, bn: str = "eval") -> tuple[Tensor, Tensor]:
