@@ -14,7 +14,7 @@ from torch import nn
 
 from ablate import data, models
 from ablate._infra import distributed
-from ablate._infra.errors import UsageError
+from ablate._infra.errors import ArgumentParser, UsageError, check_out, non_negative
 from ablate.data import Dataset
 from ablate.models import checkpoint
 from ablate.models.checkpoint import Loaded
@@ -40,7 +40,7 @@ def parser(
     ``demo_limit``: with no --model and no --limit, the default models run on this many images
     (the first N, class-balanced), so the no-argument demo finishes in a few minutes.
     """
-    p = argparse.ArgumentParser(description=description,
+    p = ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.set_defaults(default_models=list(default_models), demo_limit=demo_limit)
     p.add_argument("--model", nargs="+", default=None, metavar="NAME",
@@ -67,7 +67,7 @@ def parser(
                    help="images per batch (default: 512 on a GPU, 128 on the CPU)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", default=None, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative, default=0)
     p.add_argument("--no-figure", action="store_true", help="write the table only")
     p.add_argument("--list-models", action=_ListModels, nargs=0, help="list models and exit")
     return p
@@ -146,7 +146,7 @@ def load_data(args: argparse.Namespace, loaded: Sequence[Loaded] | None = None) 
         print(f"data: the default demo uses the first {demo} images ({demo // len(ds.classes)} "
               f"per class); name --model or pass --limit {len(ds)} for all of them",
               file=sys.stderr)
-    for m in tv:
+    for m in loaded:  # every model, CIFAR ones too: a 9-class folder cannot test a 10-class net
         size = "x".join(str(s) for s in ds.images.shape[2:])
         _check_classes(m, ds.name, len(ds.classes), f"{size} images")
     return ds.subset(args.limit)
@@ -191,14 +191,18 @@ def parse_range(spec: str | None, last: int, flag: str = "--blocks",
         for part in spec.split(","):
             rng, _, step = part.partition(":")
             a, sep, b = rng.partition("-")
-            out += list(range(int(a), (int(b) if sep else int(a)) + 1, int(step) if step else 1))
+            lo, hi, by = int(a), int(b) if sep else int(a), int(step) if step else 1
+            if hi < lo or by < 1:
+                raise UsageError(f"{flag} {spec!r}: {part} is an empty range; write the smaller "
+                                 "number first (e.g. 1-3) and a step of at least 1")
+            out += list(range(lo, hi + 1, by))
     except ValueError:
         raise UsageError(f"{flag} {spec!r} is not a list like 0,3,5-9 or 0-54:3 (or 'all')") \
             from None
     bad = [i for i in out if not 0 <= i <= last]
     if bad:
         raise UsageError(f"{what} {bad[0]} is out of range: this model has {what}s 0..{last}")
-    return out
+    return list(dict.fromkeys(out))  # 1,1 is one block
 
 
 def default_out(command: str, loaded: Sequence[Loaded]) -> Path:
@@ -253,18 +257,16 @@ def write_outputs(
 
 def results_table(
     args: argparse.Namespace, loaded: Sequence[Loaded], command: str, key: Sequence[str],
-    name: str = "results.csv",
+    name: str = "results.csv", text: Sequence[str] = (),
 ) -> tuple[Path, Table]:
     """The output folder and its resumable table ``name``. Under torchrun only rank 0 writes;
     the other ranks keep their rows in memory."""
     from ablate._infra import distributed
     from analyses.table import Table
 
-    out = default_out(command, loaded) if args.out is None else Path(args.out)
-    main_rank = distributed.is_main()
-    if main_rank:
-        out.mkdir(parents=True, exist_ok=True)
-    return out, Table(out / name if main_rank else None, key)
+    out = check_out(default_out(command, loaded) if args.out is None else args.out)
+    main_rank = distributed.is_main()  # the folder is made by the first row or meta.json
+    return out, Table(out / name if main_rank else None, key, text)
 
 
 def finish_sweep(

@@ -27,17 +27,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--blocks", default="all", help="units to delete: all, or e.g. 0,3,5-9")
     args = p.parse_args(argv)
     loaded = cli.load_models(args)
+    chosen = []  # refuse a bad --blocks for any model before writing anything
+    for m in loaded:
+        chosen.append(cli.parse_range(args.blocks, len(blocks(m.model)) - 1))
+        if chosen[-1] is not None:
+            delete_block.check_deletable(m, chosen[-1])
     ds = cli.load_data(args, loaded)
     out, table = cli.results_table(args, loaded, "delete_block", delete_block.KEY)
     main_rank = distributed.is_main()
     timer = cli.Timer()
-    frames = []
-    for m in loaded:
-        idx = cli.parse_range(args.blocks, len(blocks(m.model)) - 1)
-        if idx is not None:
-            delete_block.check_deletable(m, idx)
-        frames.append(delete_block.run(m, ds, indices=idx, table=table,
-                                       batch_size=cli.batch_size(args, m), progress=main_rank))
+    frames = [delete_block.run(m, ds, indices=idx, table=table,
+                               batch_size=cli.batch_size(args, m), progress=main_rank)
+              for m, idx in zip(loaded, chosen)]
     meta = {
         "analysis": "delete_block",
         "paper": registry.get("delete_block").paper,

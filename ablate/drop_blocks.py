@@ -34,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for m in loaded:  # refuse a bad --max-k for any model before computing anything
         drop_blocks.check(m, args.max_k, args.samples, args.include_downsampling)
     ds = cli.load_data(args, loaded)
-    out, table = cli.results_table(args, loaded, "drop_blocks", drop_blocks.KEY)
+    out, table = cli.results_table(args, loaded, "drop_blocks", drop_blocks.KEY,
+                                     text=("deleted", "deleted_names"))
     main_rank = distributed.is_main()
     timer = cli.Timer()
     frames = [

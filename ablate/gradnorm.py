@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ds = cli.load_data(args, loaded)
     out, table = cli.results_table(args, loaded, "gradnorm", analysis.KEY)
     timer = cli.Timer()
-    bs = args.batch_size or 128
+    bs = 128 if args.batch_size is None else args.batch_size
     if bs < 1:
         raise UsageError(f"--batch-size must be at least 1, not {bs}")
     frames = []

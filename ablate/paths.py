@@ -22,6 +22,7 @@ from ablate._infra.errors import UsageError, cli_main
 from ablate.measures.paths import residual_blocks
 from analyses import paths as analysis
 from analyses import registry
+from analyses.table import Table
 
 
 def parse_ks(spec: str, n: int) -> list[int]:
@@ -57,20 +58,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     samples = args.samples or (32 if gpu else 8)
     if args.limit is None:
         args.limit = 256 if gpu else 32
+    lengths = [parse_ks(args.ks, len(residual_blocks(m.model))) for m in loaded]
     ds = cli.load_data(args, loaded)
     out, table = cli.results_table(args, loaded, "paths", analysis.KEY, "gradients.csv")
+    results = Table(out / "results.csv", ("model", "kind", "k"))  # refuses a foreign table
     timer = cli.Timer()
     frames = []
-    for m in loaded:
+    for m, ks in zip(loaded, lengths):
         if m.format == "init":
             print(f"note: {m.name} has freshly initialised weights (no checkpoint)",
                   file=sys.stderr)
-        ks = parse_ks(args.ks, len(residual_blocks(m.model)))
         g = analysis.run(m, ds, ks=ks, samples=samples, seed=args.seed, at=args.at, table=table,
                          batch_size=cli.batch_size(args, m))
         frames += [g, analysis.derived(m, ds, g, args.mass)]
     df = pd.concat(frames, ignore_index=True)
-    df.to_csv(out / "results.csv", index=False)
+    results.replace(df, by=("model",))  # other models' rows stay
     summary = analysis.summary(df, args.mass)
     meta = {
         "analysis": "paths",

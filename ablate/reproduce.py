@@ -16,10 +16,9 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from ablate._experiments import commands
-from ablate._infra.errors import UsageError, cli_main
+from ablate._infra.errors import ArgumentParser, UsageError, check_out, cli_main, non_negative
 from ablate._infra.io import write_json
 from ablate.models import checkpoint
 from figures.report import write_report
@@ -129,14 +128,14 @@ def _n_blocks(name: str) -> int:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = ArgumentParser(description=__doc__.splitlines()[0],
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="reduced run (500 test images, fewer samples), said so in every output")
     ap.add_argument("--out", default=None, help="output folder (default: reproduction[-quick])")
     ap.add_argument("--data", default=None, help="test data (default: bundled cifar10-jpeg test)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=non_negative, default=0)
     ap.add_argument("--resnet", default=None, help="bundled ResNet (default: the deepest)")
     ap.add_argument("--plain", default=None, help="bundled plain net (default: same depth)")
     ap.add_argument("--stochastic", default=None, help="bundled stochastic-depth ResNet")
@@ -144,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="run only these analyses (the report still covers all tables present)")
     args = ap.parse_args(argv)
     settings = QUICK if args.quick else FULL
-    out = Path(args.out or ("reproduction-quick" if args.quick else "reproduction"))
+    out = check_out(args.out or ("reproduction-quick" if args.quick else "reproduction"))
     p = plan(args.resnet, args.plain, args.stochastic)
     common = ["--device", args.device, "--seed", str(args.seed)]
     if args.data:

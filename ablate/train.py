@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from ablate import models
-from ablate._infra.errors import UsageError, cli_main
+from ablate._infra.errors import ArgumentParser, UsageError, check_out, cli_main, non_negative
 from ablate.training import TrainConfig, train
 from ablate.training.config import SCHEDULES
 
@@ -29,13 +29,8 @@ class _ListModels(argparse.Action):
         parser.exit()
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit status 2, like every UsageError
-        raise UsageError(f"{message} (see --help)")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgumentParser(
         prog="python -m ablate.train",
         description="Train a CIFAR ResNet or plain net (He et al. 2015; Huang et al. 2016).",
     )
@@ -59,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="Huang et al.'s linear survival rule ending at p_L = P (e.g. linear:0.5)")
     p.add_argument("--sd-mode", default="batch", choices=("batch", "row"),
                    help="one gate per block per mini-batch (Huang et al.) or per image")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative, default=0)
     p.add_argument("--out", help="run folder (default runs/NAME)")
     p.add_argument("--name", help="checkpoint name (default MODEL or MODEL-sd)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -83,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if not args.model:
         raise UsageError("name a model: --model resnet110 (see --list-models)")
+    if args.out is not None:
+        check_out(args.out)
     train(TrainConfig(**vars(args)).validate())
 
 

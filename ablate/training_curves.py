@@ -18,17 +18,17 @@ from pathlib import Path
 import pandas as pd
 
 from ablate import _cli as cli
-from ablate._infra.errors import cli_main
+from ablate._infra.errors import ArgumentParser, check_out, cli_main
 from ablate._infra.provenance import environment
 from analyses import registry
 from analyses import training_curves as analysis
-from analyses.table import write_meta
+from analyses.table import Table, write_meta
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.splitlines()[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("logs", nargs="+", type=Path, metavar="LOG.csv", help="trainer logs")
     p.add_argument("--names", nargs="+", default=None, help="a display name per log")
     p.add_argument("--out", default="runs/training_curves", help="output folder")
@@ -36,10 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-figure", action="store_true", help="write the table only")
     args = p.parse_args(argv)
     timer = cli.Timer()
+    out = check_out(args.out)
+    table = Table(out / "results.csv", ("model", "epoch", "metric"))  # refuses a foreign table
     df = analysis.read_logs(args.logs, args.names)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "results.csv", index=False)
+    table.replace(df, by=("model",))  # other models' rows stay
     models = df.drop_duplicates("model")
     meta = {
         "analysis": "training_curves", "paper": registry.get("training_curves").paper,

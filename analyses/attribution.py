@@ -19,6 +19,7 @@ rank correlation between the two is computed per model and method.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 
@@ -27,7 +28,6 @@ import pandas as pd
 import torch
 from scipy import stats
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ablate._infra.errors import UsageError
 from ablate.data import Dataset, normalize
@@ -36,6 +36,7 @@ from ablate.models.blocks import Block, blocks, get_module
 from ablate.models.checkpoint import Loaded
 from analyses import delete_block
 from analyses.context import condition
+from analyses.sweep import resume
 from analyses.table import Table
 
 __all__ = [
@@ -46,8 +47,8 @@ __all__ = [
 METHODS = ("conductance", "gradient_x_activation", "integrated_gradients")
 LAYERS = ("block", "branch")
 BASELINES = ("mean", "black")
-KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "method", "layer",
-       "n_steps", "baseline", "block")
+KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "data_sha256", "method",
+       "layer", "n_steps", "baseline", "block")
 _BRANCH_END = ("bn3", "bn2", "conv2")  # last module of a residual branch (torchvision / ours)
 
 
@@ -145,18 +146,18 @@ def run(
     base = {**condition(loaded, ds), "method": method, "layer": layer,
             "n_steps": 0 if gxa else n_steps, "baseline": "none" if gxa else baseline}
     units = blocks(loaded.model)
-    todo = [u for u in units if not table.has(**base, block=u.index)]
-    if todo:
-        lesion = delete_block.run(loaded, ds, table=lesion_table, batch_size=batch_size,
-                                  progress=progress).set_index("block")
-        groups = [todo] if gxa else [[u] for u in todo]
-        for group in tqdm(groups, desc=f"{loaded.name} {method}", disable=not progress,
-                          leave=False):
-            aggs = _attribute_group(loaded, ds, group, method, layer, n_steps, baseline,
-                                    batch_size)
-            table.add(_row(base, u, a, lesion) for u, a in zip(group, aggs))
-    sel = table.select(**base)
-    return sel.sort_values("block").reset_index(drop=True)
+    lesion = functools.cache(lambda: delete_block.run(
+        loaded, ds, table=lesion_table, batch_size=batch_size, progress=progress
+    ).set_index("block"))
+
+    def measure(part: list[dict]) -> list[dict]:
+        group = [units[k["block"]] for k in part]
+        aggs = _attribute_group(loaded, ds, group, method, layer, n_steps, baseline, batch_size)
+        return [_row(base, u, a, lesion()) for u, a in zip(group, aggs)]
+
+    keys = [{**base, "block": u.index} for u in units]
+    return resume(table, keys, measure, what=f"{loaded.name} {method}",
+                  group=len(keys) if gxa else 1)
 
 
 def _attribute_group(loaded: Loaded, ds: Dataset, group: list[Block], method: str, layer: str,

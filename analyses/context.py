@@ -25,11 +25,12 @@ def condition(loaded: Loaded, ds: Dataset) -> dict:
         "split": ds.split,
         "n_images": len(ds),
         "num_classes": len(ds.classes),
+        "data_sha256": ds.fingerprint,
     }
 
 
 def data_meta(ds: Dataset, limit: int | None) -> dict:
     return {
         "name": ds.name, "split": ds.split, "source": ds.source, "n_images": len(ds),
-        "classes": list(ds.classes), "limited_to": limit,
+        "classes": list(ds.classes), "limited_to": limit, "sha256": ds.fingerprint,
     }

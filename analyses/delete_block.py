@@ -7,11 +7,11 @@ images, so that "no noticeable change" is a statement with a p-value.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import pandas as pd
 
-from ablate._infra import distributed
 from ablate._infra.errors import UsageError
 from ablate.data import Dataset
 from ablate.interventions.variants import Variant
@@ -24,7 +24,7 @@ from analyses.table import Table
 
 __all__ = ["KEY", "check_deletable", "deletable", "row", "run"]
 
-KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "block")
+KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "data_sha256", "block")
 
 
 def deletable(loaded: Loaded) -> list[int]:
@@ -85,18 +85,12 @@ def run(
     table = Table(None, KEY) if table is None else table
     base = condition(loaded, ds)
     units = blocks(loaded.model)
-    indices = deletable(loaded) if indices is None else list(indices)
-    todo = distributed.broadcast([i for i in indices if not table.has(**base, block=i)])
-    norm = {"mean": loaded.mean, "std": loaded.std}
-    if todo:
-        intact = evaluate(loaded.model, ds.images, ds.labels, batch_size=batch_size,
-                          progress=progress, desc=f"{loaded.name} intact", **norm)
-        sweep(loaded, ds, table, todo, Variant.deleting,
-              lambda i, o: row(base, units[i], o, intact),
-              lambda part: f"blocks {part[0]}-{part[-1]}",
-              group=group, batch_size=batch_size, max_rows=max_rows, progress=progress)
-    sel = table.select(model=base["model"], checkpoint_sha256=base["checkpoint_sha256"],
-                       dataset=base["dataset"], split=base["split"], n_images=base["n_images"])
-    if sel.empty:  # a torchrun rank other than 0 holds no rows
-        return sel
-    return sel[sel["block"].isin(indices)].sort_values("block").reset_index(drop=True)
+    indices = deletable(loaded) if indices is None else sorted(set(indices))
+    intact = functools.cache(lambda: evaluate(
+        loaded.model, ds.images, ds.labels, batch_size=batch_size, progress=progress,
+        desc=f"{loaded.name} intact", mean=loaded.mean, std=loaded.std))
+    return sweep(loaded, ds, table, [{**base, "block": i} for i in indices],
+                 lambda k: Variant.deleting(k["block"]),
+                 lambda k, o: row(base, units[k["block"]], o, intact()),
+                 lambda part: f"blocks {part[0]['block']}-{part[-1]['block']}",
+                 group=group, batch_size=batch_size, max_rows=max_rows, progress=progress)

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ablate._infra import distributed
 from ablate._infra.errors import UsageError
 from ablate.data import Dataset
 from ablate.interventions.variants import Variant
@@ -33,7 +32,7 @@ __all__ = [
     "samples_for", "summary",
 ]
 
-KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "seed",
+KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "data_sha256", "seed",
        "include_downsampling", "k", "sample")
 MAX_K = 20
 
@@ -120,22 +119,18 @@ def run(
     keys = [{**base, "k": k, "sample": s}
             for k in range(max_k + 1) for s in range(samples_for(len(cands), k, samples))]
     _fix_sets(table)
-    todo = distributed.broadcast(table.missing(keys))
     units = blocks(loaded.model)
-    items = [(key, draw(seed, loaded.name, cands, key["k"], key["sample"])) for key in todo]
-    sweep(loaded, ds, table, items, lambda it: Variant.deleting(it[1]),
-          lambda it, o: {**it[0], "n_candidates": len(cands),
-                         "deleted": " ".join(map(str, it[1])),
-                         "deleted_names": " ".join(units[i].name for i in it[1]),
-                         **outcome_columns(o)},
-          lambda part: f"k={part[0][0]['k']}-{part[-1][0]['k']}",
-          group=group, batch_size=batch_size, max_rows=max_rows, progress=progress)
-    sel = table.select(**base)
-    if sel.empty:
-        return sel
-    sel = sel[sel["k"] <= max_k]
-    sel = sel[sel["sample"] < sel["k"].map(lambda k: samples_for(len(cands), int(k), samples))]
-    return sel.sort_values(["k", "sample"]).reset_index(drop=True)
+
+    def sets(k: dict) -> list[int]:
+        return draw(seed, loaded.name, cands, k["k"], k["sample"])
+
+    return sweep(loaded, ds, table, keys, lambda k: Variant.deleting(sets(k)),
+                 lambda k, o: {"n_candidates": len(cands),
+                               "deleted": " ".join(map(str, sets(k))),
+                               "deleted_names": " ".join(units[i].name for i in sets(k)),
+                               **outcome_columns(o)},
+                 lambda part: f"k={part[0]['k']}-{part[-1]['k']}",
+                 group=group, batch_size=batch_size, max_rows=max_rows, progress=progress)
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:

@@ -26,14 +26,16 @@ from ablate import models
 from ablate._infra.errors import UsageError
 from ablate.data import Dataset, normalize
 from ablate.measures import mean_interval
-from ablate.models.blocks import Block, blocks, chain, get_module
+from ablate.models.blocks import Block, blocks, chain, get_module, restore_flags, train_flags
 from ablate.models.checkpoint import Loaded
 from analyses.context import condition
+from analyses.sweep import resume
 from analyses.table import Table
 
 __all__ = ["KEY", "STATES", "depths", "gradients", "init_twin", "run", "unit_parameters"]
 
-KEY = ("model", "checkpoint_sha256", "state", "dataset", "split", "n_images", "bn", "seed")
+KEY = ("model", "checkpoint_sha256", "state", "dataset", "split", "n_images", "data_sha256",
+       "bn", "seed")
 STATES = ("init", "trained")
 
 
@@ -64,7 +66,7 @@ def depths(model: nn.Module) -> list[int]:
 def _bn_mode(model: nn.Module, bn: str) -> Iterator[None]:
     """Eval mode throughout; with ``bn="train"`` BN layers use batch statistics, and their
     running statistics are restored afterwards."""
-    was = model.training
+    flags = train_flags(model)
     model.eval()
     saved = {}
     if bn == "train":
@@ -79,7 +81,7 @@ def _bn_mode(model: nn.Module, bn: str) -> Iterator[None]:
             m = model.get_submodule(name)
             for k, v in bufs.items():
                 getattr(m, k).copy_(v)
-        model.train(was)
+        restore_flags(flags)
 
 
 def gradients(model: nn.Module, x: Tensor, y: Tensor, *, bn: str = "eval") -> tuple[Tensor, Tensor]:
@@ -139,13 +141,13 @@ def run(
             raise UsageError(f"{loaded.name} has no trained weights: pass --checkpoint, or ask "
                              "for --states init")
     base = {**condition(loaded, ds), "bn": bn, "seed": seed}
-    for state in states:
-        if table.has(**base, state=state):
-            continue
+
+    def measure(part: list[dict]) -> list[dict]:
+        state = part[0]["state"]
         net = loaded.model if state == "trained" else init_twin(loaded, seed)
-        table.add(_measure(net, loaded, ds, {**base, "state": state}, bn, batch_size, progress))
-    sel = table.select(**base)
-    return sel[sel["state"].isin(states)].reset_index(drop=True)
+        return _measure(net, loaded, ds, part[0], bn, batch_size, progress)
+
+    return resume(table, [{**base, "state": s} for s in states], measure, what=loaded.name)
 
 
 def _measure(net: nn.Module, loaded: Loaded, ds: Dataset, base: dict, bn: str, batch_size: int,

@@ -20,11 +20,13 @@ from ablate.measures import mean_interval
 from ablate.measures import paths as ps
 from ablate.models.checkpoint import Loaded
 from analyses.context import condition
+from analyses.sweep import resume
 from analyses.table import Table
 
 __all__ = ["KEY", "REFERENCE", "derived", "run", "summary", "survival"]
 
-KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "samples", "seed", "at", "k")
+KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "data_sha256", "samples",
+       "seed", "at", "k")
 
 REFERENCE = {
     "source": "quoted from Veit, Wilber, Belongie 2016, section 5 and Fig. 6 (ResNet-110 on "
@@ -68,11 +70,14 @@ def run(
     n = len(ps.residual_blocks(loaded.model))
     ks = list(range(n + 1)) if ks is None else sorted(set(ks))
     base = {**condition(loaded, ds), "samples": samples, "seed": seed, "at": at}
-    todo = [k for k in ks if not table.has(**base, k=k)]
     device = next(loaded.model.parameters()).device
     dtype = next(loaded.model.parameters()).dtype
     labels = ds.labels.repeat(samples)
-    for k in tqdm(todo, desc=f"{loaded.name} path lengths", disable=not progress, leave=False):
+    bar = tqdm(total=len(table.missing([{**base, "k": k} for k in ks])), leave=False,
+               desc=f"{loaded.name} path lengths", disable=not progress)
+
+    def measure(part: list[dict]) -> list[dict]:
+        k = part[0]["k"]
         gen = torch.Generator().manual_seed(_seed(seed, k))
         masks = ps.random_subsets(n, k, samples * len(ds), gen)
         norms: dict[str, list[torch.Tensor]] = {}
@@ -87,12 +92,15 @@ def run(
         for key, parts in norms.items():
             v = torch.cat(parts).numpy()
             mean, lo, hi = mean_interval(v)
-            rows.append({**base, "k": k, "tap": key, "kind": "gradient_magnitude",
+            rows.append({**part[0], "tap": key, "kind": "gradient_magnitude",
                          "value": mean, "low": lo, "high": hi, "n_values": v.size,
                          "n_blocks": n})
-        table.add(rows)
-    sel = table.select(**base)
-    return sel[sel["k"].isin(ks)].sort_values(["tap", "k"]).reset_index(drop=True)
+        bar.update()
+        return rows
+
+    with bar:
+        got = resume(table, [{**base, "k": k} for k in ks], measure, what=loaded.name)
+    return got.sort_values(["tap", "k"], kind="stable").reset_index(drop=True)
 
 
 def derived(loaded: Loaded, ds: Dataset, grad: pd.DataFrame, mass: float = 0.9) -> pd.DataFrame:

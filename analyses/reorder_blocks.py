@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ablate._infra import distributed
 from ablate._infra.errors import UsageError
 from ablate.data import Dataset
 from ablate.interventions.variants import Variant
@@ -27,7 +26,8 @@ from analyses.table import Table
 
 __all__ = ["KEY", "check", "draw", "kendall_tau", "pairs", "run"]
 
-KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "seed", "k", "sample")
+KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "data_sha256", "seed", "k",
+       "sample")
 MAX_SWAPS = 20
 
 
@@ -93,17 +93,14 @@ def run(
     base = {**condition(loaded, ds), "seed": seed}
     keys = [{**base, "k": k, "sample": s}
             for k in range(max_swaps + 1) for s in range(1 if k == 0 else samples)]
-    todo = distributed.broadcast(table.missing(keys))
-    items = [(key, draw(seed, loaded.name, n_units, compatible, key["k"], key["sample"]))
-             for key in todo]
-    sweep(loaded, ds, table, items, lambda it: Variant.reordered(it[1]),
-          lambda it, o: {**it[0], "order": " ".join(map(str, it[1])),
-                         "kendall_tau": kendall_tau(it[1]),
-                         "moved": sum(i != s for i, s in enumerate(it[1])), **outcome_columns(o)},
-          lambda part: f"swaps={part[0][0]['k']}-{part[-1][0]['k']}",
-          group=group, batch_size=batch_size, max_rows=max_rows, progress=progress)
-    sel = table.select(**base)
-    if sel.empty:
-        return sel
-    sel = sel[(sel["k"] <= max_swaps) & ((sel["k"] == 0) | (sel["sample"] < samples))]
-    return sel.sort_values(["k", "sample"]).reset_index(drop=True)
+
+    def order(k: dict) -> list[int]:
+        return draw(seed, loaded.name, n_units, compatible, k["k"], k["sample"])
+
+    return sweep(loaded, ds, table, keys, lambda k: Variant.reordered(order(k)),
+                 lambda k, o: {"order": " ".join(map(str, order(k))),
+                               "kendall_tau": kendall_tau(order(k)),
+                               "moved": sum(i != s for i, s in enumerate(order(k))),
+                               **outcome_columns(o)},
+                 lambda part: f"swaps={part[0]['k']}-{part[-1]['k']}",
+                 group=group, batch_size=batch_size, max_rows=max_rows, progress=progress)

@@ -2,29 +2,68 @@
 
 A sweep asks ``table.missing(keys)`` which conditions are still to run, computes them, and adds
 them with ``table.add(rows)``; a killed sweep restarts where it stopped.
+
+Several processes may write one file (two commands into one ``--out``): every ``add`` takes a
+lock file beside the table, re-reads what is on disk, merges its rows in and writes the whole
+table atomically, so no finished row is lost. What is read is validated: a row cut short (a
+truncated file) is dropped and recomputed; a file that is not such a table is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import io
-from collections.abc import Iterable, Sequence
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from ablate._infra.errors import UsageError
 from ablate._infra.io import write_json, write_text
 
-__all__ = ["Table", "write_meta"]
+__all__ = ["Table", "write_meta", "locked"]
+
+# Key columns added since tables were first written: an older table without them is read with
+# "" there, so its rows match no new condition and are recomputed (never silently reused).
+OPTIONAL_KEY = ("data_sha256",)
 
 
 class Table:
     """Rows in the CSV file ``path`` (None: in memory only); ``key`` names identifying columns."""
 
-    def __init__(self, path: str | Path | None, key: Sequence[str]) -> None:
+    def __init__(self, path: str | Path | None, key: Sequence[str],
+                 text: Sequence[str] = ()) -> None:
         self.path = Path(path) if path is not None else None
         self.key = list(key)
-        exists = self.path is not None and self.path.exists()
-        self.df = pd.read_csv(self.path) if exists else pd.DataFrame()
+        self.text = tuple(text)  # columns kept as written ("3" stays "3", "" stays "")
+        self.df = self._read()
+
+    def _read(self) -> pd.DataFrame:
+        if self.path is None or not self.path.exists():
+            return pd.DataFrame()
+        if self.path.is_dir():
+            raise UsageError(f"{self.path} is a folder, not a results table: pass another --out")
+        df, dropped = read_rows(self.path, self.text)
+        if df.empty and not len(df.columns):
+            return df
+        for c in OPTIONAL_KEY:
+            if c in self.key and c not in df.columns:
+                df[c] = ""
+        lacking = [c for c in self.key if c not in df.columns]
+        if lacking:
+            raise UsageError(
+                f"{self.path} is not a results table of this command (it has no "
+                f"{', '.join(lacking)} column): pass another --out, or move the file away"
+            )
+        broken = df[self.key].isna().any(axis=1)
+        dropped += int(broken.sum())
+        if dropped:
+            print(f"table: dropped {dropped} broken row(s) of {self.path} (cut short or "
+                  "incomplete); they are recomputed", file=sys.stderr)
+        return df[~broken].reset_index(drop=True)
 
     def _keys(self) -> set[tuple]:
         if self.df.empty:
@@ -35,19 +74,55 @@ class Table:
         return tuple(_norm(key[k]) for k in self.key) in self._keys()
 
     def missing(self, keys: Iterable[dict]) -> list[dict]:
-        done = self._keys()
-        return [k for k in keys if tuple(_norm(k[c]) for c in self.key) not in done]
+        """The keys (once each, in order) that have no row yet."""
+        done, out = self._keys(), []
+        for k in keys:
+            t = tuple(_norm(k[c]) for c in self.key)
+            if t not in done:
+                done.add(t)
+                out.append(k)
+        return out
 
     def add(self, rows: Iterable[dict]) -> None:
         new = pd.DataFrame(list(rows))
         if new.empty:
             return
-        self.df = new if self.df.empty else pd.concat([self.df, new], ignore_index=True)
         if self.path is None:
+            self.df = _merge(self.df, new, self.key)
             return
-        buf = io.StringIO()
-        self.df.to_csv(buf, index=False)
-        write_text(self.path, buf.getvalue())
+        with locked(self.path):  # another process may have added rows since we read
+            self.df = _merge(self._read_quiet(), new, self.key)
+            buf = io.StringIO()
+            self.df.to_csv(buf, index=False)
+            write_text(self.path, buf.getvalue())
+
+    def replace(self, rows: pd.DataFrame, by: Sequence[str] = ("model",)) -> None:
+        """Write ``rows`` in place of the rows with the same ``by`` values (a derived table
+        recomputed on each run), keeping every other row, e.g. other models'; atomic and locked
+        like :meth:`add`."""
+        def kept(old: pd.DataFrame) -> pd.DataFrame:
+            if old.empty:
+                return old
+            new = {tuple(_norm(v) for v in r) for r in rows[list(by)].itertuples(index=False)}
+            same = [tuple(_norm(v) for v in r) in new
+                    for r in old[list(by)].itertuples(index=False)]
+            return old[[not x for x in same]]
+
+        if self.path is None:
+            self.df = pd.concat([kept(self.df), rows], ignore_index=True)
+            return
+        with locked(self.path):
+            self.df = pd.concat([kept(self._read()), rows], ignore_index=True)
+            buf = io.StringIO()
+            self.df.to_csv(buf, index=False)
+            write_text(self.path, buf.getvalue())
+
+    def _read_quiet(self) -> pd.DataFrame:
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                return _merge(self._read(), self.df, self.key)
+        except UsageError:
+            return self.df
 
     def select(self, **key) -> pd.DataFrame:
         d = self.df
@@ -56,6 +131,83 @@ class Table:
                 return d
             d = d[d[k].map(_norm) == _norm(v)]
         return d
+
+    def rows(self, keys: Sequence[dict]) -> pd.DataFrame:
+        """The rows of ``keys`` (every row of each key), in the order of ``keys``."""
+        if self.df.empty or not keys:
+            return self.df.iloc[0:0]
+        order = {tuple(_norm(k[c]) for c in self.key): i for i, k in enumerate(keys)}
+        pos = [order.get(tuple(_norm(v) for v in r))
+               for r in self.df[self.key].itertuples(index=False)]
+        d = self.df.assign(_order=pos)
+        d = d[d["_order"].notna()]
+        return d.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def read_rows(path: Path, text_columns: Sequence[str] = ()) -> tuple[pd.DataFrame, int]:
+    """A CSV written by :class:`Table` and the number of rows dropped as cut short: a last line
+    without its newline, or a row with fewer or more fields than the header."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path} is not a readable results table ({type(e).__name__}): pass "
+                         "another --out, or move the file away") from None
+    if not text.strip():
+        return pd.DataFrame(), 0
+    dropped = 0
+    if not text.endswith("\n"):  # cut mid-line: the last row is incomplete
+        text, dropped = text[: text.rfind("\n") + 1], 1
+    try:
+        records = list(csv.reader(io.StringIO(text)))
+    except csv.Error as e:
+        raise UsageError(f"{path} is not a readable results table ({e}): pass another --out, or "
+                         "move the file away") from None
+    if not records:
+        return pd.DataFrame(), dropped
+    header, body = records[0], records[1:]
+    good = [r for r in body if len(r) == len(header)]
+    dropped += len(body) - len(good)
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([header, *good])
+    try:
+        conv = {c: str for c in text_columns if c in header}
+        return pd.read_csv(io.StringIO(buf.getvalue()), converters=conv), dropped
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
+        raise UsageError(f"{path} is not a readable results table ({str(e).splitlines()[0]}): "
+                         "pass another --out, or move the file away") from None
+
+
+def _merge(old: pd.DataFrame, new: pd.DataFrame, key: Sequence[str]) -> pd.DataFrame:
+    """``old`` then ``new``; a key in both keeps ``old``'s rows (finished rows are never
+    replaced; a key may own several rows, e.g. one per tap)."""
+    if old.empty:
+        return new.reset_index(drop=True)
+    if new.empty:
+        return old
+    have = {tuple(_norm(v) for v in r) for r in old[list(key)].itertuples(index=False)}
+    fresh = [tuple(_norm(v) for v in r) not in have
+             for r in new[list(key)].itertuples(index=False)]
+    return pd.concat([old, new[fresh]], ignore_index=True)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``.<name>.lock`` beside ``path`` while the block runs."""
+    lock = path.with_name(f".{path.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            import fcntl
+        except ImportError:  # Windows: msvcrt's byte-range lock
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _norm(v: object) -> object:

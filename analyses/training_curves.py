@@ -41,6 +41,11 @@ def _card(path: Path, name: str) -> dict:
 def read_log(path: str | Path, name: str | None = None) -> pd.DataFrame:
     """One trainer log as tidy rows (every numeric column except ``epoch`` is a metric)."""
     path = Path(path)
+    if path.is_dir():  # a run folder: its log.csv
+        if not (path / "log.csv").is_file():
+            raise UsageError(f"{path} is a folder without a log.csv: pass a trainer log "
+                             "(NAME.log.csv) or a run folder")
+        path = path / "log.csv"
     if not path.exists():
         raise UsageError(f"training log {path} does not exist: check the path")
     try:
@@ -49,6 +54,12 @@ def read_log(path: str | Path, name: str | None = None) -> pd.DataFrame:
         raise UsageError(f"{path} is not a readable CSV log ({str(e).splitlines()[0]})") from None
     if "epoch" not in df.columns or df.empty:
         raise UsageError(f"{path} is not a training log: it has no 'epoch' column or no rows")
+    epoch = pd.to_numeric(df["epoch"], errors="coerce")
+    if epoch.isna().any() or not (epoch == epoch.round()).all():
+        bad = df["epoch"][epoch.isna() | (epoch != epoch.round())].iloc[0]
+        raise UsageError(f"{path}: epoch {bad!r} is not a whole number; a trainer log has "
+                         "epochs 1, 2, ...")
+    df["epoch"] = epoch.astype(int)
     name = name or model_name(path)
     card = _card(path, name)
     metrics = [c for c in df.columns if c != "epoch" and pd.api.types.is_numeric_dtype(df[c])]

@@ -56,7 +56,7 @@ def _load(args: argparse.Namespace, device: torch.device) -> checkpoint.Loaded:
     return checkpoint.Loaded(net, args.model, args.model, None, None, "init", mean, std, None)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet110")
@@ -71,7 +71,40 @@ def main(argv: list[str] | None = None) -> int:
                    help="also time the engine under bf16 autocast (timing only)")
     p.add_argument("--skip-naive", action="store_true", help="time the engine only")
     p.add_argument("--out", default=None, help="write the report as JSON here")
-    args = p.parse_args(argv)
+    return p
+
+
+def _time_naive(naive, warm, variants, out_engine, t_engine, device, work) -> dict:
+    """The module-swapping loop on the same work, and whether it agrees with the engine."""
+    naive(*warm, vs=variants[:2])
+    t_naive, out_naive = _timed(naive, device)
+    return {
+        "naive_s": round(t_naive, 3), "naive_images_per_s": round(work / t_naive, 1),
+        "speedup": round(t_naive / t_engine, 2),
+        "errors_agree": [o.errors for o in out_engine] == [o.errors for o in out_naive],
+        "max_loss_diff": max(float((a.loss - b.loss).abs().max())
+                             for a, b in zip(out_engine, out_naive)),
+    }
+
+
+def _time_bf16(engine, warm, out_engine, device, work) -> dict:
+    """The engine under bf16 autocast, and how far its error counts move from fp32."""
+    ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if device.type in ("cuda", "cpu")
+           else contextlib.nullcontext())
+    with ctx:
+        engine(*warm)
+        t_amp, out_amp = _timed(engine, device)
+    return {
+        "engine_bf16_s": round(t_amp, 3), "engine_bf16_images_per_s": round(work / t_amp, 1),
+        "bf16_errors_agree_with_fp32": [o.errors for o in out_amp] == [
+            o.errors for o in out_engine],
+        "bf16_error_count_max_diff": max(
+            abs(a.errors - b.errors) for a, b in zip(out_amp, out_engine)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     device = distributed.device(args.device)
     loaded = _load(args, device)
@@ -105,26 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     report["engine_s"] = round(t_engine, 3)
     report["engine_images_per_s"] = round(n_var * n_img / t_engine, 1)
     if not args.skip_naive:
-        naive(*warm, vs=variants[:2])
-        t_naive, out_naive = _timed(naive, device)
-        report["naive_s"] = round(t_naive, 3)
-        report["naive_images_per_s"] = round(n_var * n_img / t_naive, 1)
-        report["speedup"] = round(t_naive / t_engine, 2)
-        report["errors_agree"] = [o.errors for o in out_engine] == [o.errors for o in out_naive]
-        report["max_loss_diff"] = max(float((a.loss - b.loss).abs().max())
-                                      for a, b in zip(out_engine, out_naive))
+        report |= _time_naive(naive, warm, variants, out_engine, t_engine, device, n_var * n_img)
     if args.amp == "bf16":
-        ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if device.type in ("cuda", "cpu")
-               else contextlib.nullcontext())
-        with ctx:
-            engine(*warm)
-            t_amp, out_amp = _timed(engine, device)
-        report["engine_bf16_s"] = round(t_amp, 3)
-        report["engine_bf16_images_per_s"] = round(n_var * n_img / t_amp, 1)
-        report["bf16_errors_agree_with_fp32"] = [o.errors for o in out_amp] == [
-            o.errors for o in out_engine]
-        report["bf16_error_count_max_diff"] = max(
-            abs(a.errors - b.errors) for a, b in zip(out_amp, out_engine))
+        report |= _time_bf16(engine, warm, out_engine, device, n_var * n_img)
     print(json.dumps(report, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

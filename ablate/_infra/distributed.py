@@ -86,6 +86,8 @@ def device(spec: str | torch.device | None = "auto") -> torch.device:
         dev = torch.device(spec)
     except (RuntimeError, TypeError):
         raise UsageError(f"unknown --device {spec!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"unsupported --device {spec!r}: use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(f"CUDA was asked for (--device {spec}) but torch {torch.__version__} "

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["UsageError", "cli_main"]
+__all__ = ["ArgumentParser", "UsageError", "check_out", "cli_main", "non_negative"]
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -17,6 +20,42 @@ class UsageError(Exception):
 
     The message is one line that names the problem and the fix.
     """
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The parser of every command: argparse's own errors (an unknown option, a bad number)
+    become one line and exit status 2 like every UsageError, not a usage block."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def non_negative(text: str) -> int:
+    """An argparse ``type``: an integer >= 0 (seeds)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {v}")
+    return v
+
+
+def check_out(out: str | Path, flag: str = "--out") -> Path:
+    """``out`` as an output folder that can be made and written, else a UsageError; nothing is
+    created (a rejected run leaves no empty folder behind)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{flag} {out} is an existing file, not a folder: pass a folder path")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {out} cannot be made: {parent} is a file; pass another folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {out} cannot be written ({parent} is not writable): pass "
+                         "another folder")
+    return out
 
 
 def cli_main(fn: F) -> F:

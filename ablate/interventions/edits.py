@@ -110,16 +110,32 @@ def _times(g: Tensor | float, r: Tensor) -> Tensor:
 
 @contextmanager
 def swapped(model: nn.Module, replacements: Mapping[str, nn.Module]) -> Iterator[nn.Module]:
-    """Put each module of ``replacements`` at its qualified name; put the old ones back on exit."""
+    """Put each module of ``replacements`` at its qualified name; put the old ones back on exit.
+
+    A new module (a wrapper, not one of the model's own) takes over the forward hooks of the
+    module it stands in for, so a user's hook on a block still fires inside ``delete``/``scale``
+    (and sees the edited output); moved blocks (``reorder``) keep their own hooks."""
     saved: list[tuple[str, nn.Module]] = []
+    own = {id(m) for m in model.modules()}
     try:
         for name, new in replacements.items():
-            saved.append((name, get_module(model, name)))
+            old = get_module(model, name)
+            saved.append((name, old))
+            if id(new) not in own:
+                _carry_hooks(old, new)
             set_module(model, name, new)
         yield model
     finally:
         for name, old in reversed(saved):
             set_module(model, name, old)
+
+
+def _carry_hooks(old: nn.Module, new: nn.Module) -> None:
+    for attr in ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+                 "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+        src, dst = getattr(old, attr, None), getattr(new, attr, None)
+        if src and dst is not None:
+            dst.update(src)
 
 
 def _indices(indices: Iterable[int] | int, n: int, what: str = "block") -> list[int]:

@@ -24,7 +24,7 @@ from ablate._infra.errors import UsageError
 from ablate.data import normalize
 from ablate.interventions.edits import _gated, check_gain, check_order, reorder, swapped
 from ablate.measures import Outcome, evaluate, outcome
-from ablate.models.blocks import Block, Glue, chain
+from ablate.models.blocks import Block, Glue, chain, restore_flags, train_flags
 
 __all__ = [
     "Variant", "applied", "validate", "intact_pass", "forward_variants", "evaluate_variants",
@@ -201,7 +201,7 @@ def evaluate_variants(
     chunks = [order[i:i + per_chunk] for i in range(0, len(order), per_chunk)]
     m = torch.tensor(list(mean), dtype=torch.float32, device=device)
     s = torch.tensor(list(std), dtype=torch.float32, device=device)
-    was_training = model.training
+    flags = train_flags(model)
     model.eval()
     parts: list[list[Outcome]] = [[] for _ in variants]
     try:
@@ -218,7 +218,7 @@ def evaluate_variants(
                 bar.update(len(x) * len(chunk))
         bar.close()
     finally:
-        model.train(was_training)
+        restore_flags(flags)
     return [Outcome.cat(p) for p in parts]
 
 

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ablate.data import normalize
 from ablate.measures.stats import mean_interval, wilson_interval
+from ablate.models.blocks import restore_flags, train_flags
 
 __all__ = [
     "Outcome", "evaluate", "outcome",
@@ -82,7 +83,7 @@ def evaluate(
     """
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    was_training = model.training
+    flags = train_flags(model)
     model.eval()
     try:
         m = torch.tensor(list(mean), dtype=torch.float32, device=device)
@@ -97,4 +98,4 @@ def evaluate(
             parts.append(outcome(logits, labels[i:i + batch_size].to(device)))
         return Outcome.cat(parts)
     finally:
-        model.train(was_training)
+        restore_flags(flags)

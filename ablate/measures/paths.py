@@ -20,7 +20,7 @@ from scipy import special, stats
 from torch import Tensor, nn
 
 from ablate._infra.errors import UsageError
-from ablate.models.blocks import Block, Glue, chain
+from ablate.models.blocks import Block, Glue, chain, restore_flags, train_flags
 
 __all__ = [
     "Range",
@@ -178,7 +178,7 @@ def masked_gradients(
     """
     if at not in ("input", "stages"):
         raise ValueError(f"at must be 'input' or 'stages', not {at!r}")
-    was_training = model.training
+    flags = train_flags(model)
     model.eval()
     try:
         x = x.detach().requires_grad_(True)
@@ -205,7 +205,7 @@ def masked_gradients(
         return {k: torch.zeros_like(t) if g is None else g
                 for (k, t), g in zip(taps.items(), grads)}
     finally:
-        model.train(was_training)
+        restore_flags(flags)
 
 
 def path_gradient(

@@ -10,7 +10,8 @@ layers (``transformers.ViTBlock``: gain g scales both branches, 0 is the identit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +22,8 @@ from torch import Tensor, nn
 from ablate._infra.errors import UsageError
 from ablate.models.cifar_resnet import CifarResNet, PlainBlock, _Residual
 
-__all__ = ["Block", "Glue", "blocks", "chain", "get_module", "set_module"]
+__all__ = ["Block", "Glue", "blocks", "chain", "eval_mode", "get_module", "restore_flags",
+           "set_module", "train_flags"]
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -301,3 +303,26 @@ def _chain_vgg(model: torchvision.models.VGG) -> list[Block | Glue]:
 
     steps.append(Glue("head", head))
     return steps
+
+
+def train_flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Every module's own train/eval flag, for :func:`restore_flags`."""
+    return [(m, m.training) for m in model.modules()]
+
+
+def restore_flags(flags: list[tuple[nn.Module, bool]]) -> None:
+    """Put back each module's own flag (not ``model.train(was)``, which would put frozen
+    BatchNorm layers of a training model back in train mode)."""
+    for m, flag in flags:
+        m.training = flag
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode while the block runs, then every module's own flag back."""
+    flags = train_flags(model)
+    model.eval()
+    try:
+        yield
+    finally:
+        restore_flags(flags)

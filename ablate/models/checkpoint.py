@@ -178,35 +178,70 @@ def _published(name: str) -> Path | None:
 def _load_file(path: Path, model: str | None) -> Loaded:
     if path.suffix == ".json":
         path = path.with_suffix(".safetensors")
+    if path.is_dir():
+        raise UsageError(f"--checkpoint {path} is a folder: pass the checkpoint file in it "
+                         "(.safetensors, .th, .pt)")
     if not path.exists():
         raise UsageError(f"checkpoint {path} does not exist: check the path")
     digest = sha256_file(path)
     if path.suffix == ".safetensors":
-        card_path = path.with_suffix(".json")
-        card = json.loads(card_path.read_text()) if card_path.exists() else {}
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            msg = f"checkpoint {path} is not a readable safetensors file ({e})"
-            raise UsageError(msg) from None
-        arch = card.get("arch") or model
-        if arch is None:
-            raise UsageError(f"{path} has no card ({card_path.name}): name its model with --model")
-        if model is not None and models.check_name(arch) and model not in (arch, card.get("name"),
-                                                                             path.stem):
-            models.check_name(model)
-            raise UsageError(
-                f"checkpoint {path.name} is a {arch}, not a {model}: pass --model {arch} or "
-                "leave --model out"
-            )
-        norm = card.get("normalization", {})
-        mean = tuple(norm.get("mean", CIFAR10_MEAN))
-        std = tuple(norm.get("std", CIFAR10_STD))
-        net = _build(arch, card.get("arch_kwargs", {}), path)
-        _fit(net, state, arch, path)
-        name = card.get("name", path.stem)
-        return Loaded(net, name, arch, str(path), digest, "ablate", mean, std, card.get("dataset"),
-                      card)
+        loaded = _load_safetensors(path, model, digest)
+    else:
+        loaded = _load_torch(path, model, digest)
+    _check_family(loaded, _origin_family(loaded.card, digest), path)
+    return loaded
+
+
+def _read_card(card_path: Path) -> dict:
+    """The JSON card beside a .safetensors file ({} when there is none); a broken one is a
+    UsageError."""
+    if not card_path.exists():
+        return {}
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UsageError(f"card {card_path} is not readable JSON ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:80]}): repair it or remove it") from None
+    if not isinstance(card, dict):
+        raise UsageError(f"card {card_path} holds a JSON {type(card).__name__}, not an object "
+                         "with 'arch': repair it or remove it")
+    for field_name, kind in (("arch_kwargs", dict), ("normalization", dict), ("arch", str),
+                             ("name", str)):
+        if field_name in card and not isinstance(card[field_name], kind):
+            raise UsageError(f"card {card_path}: '{field_name}' must be a JSON "
+                             f"{'object' if kind is dict else 'string'}: repair the card")
+    return card
+
+
+def _load_safetensors(path: Path, model: str | None, digest: str) -> Loaded:
+    card_path = path.with_suffix(".json")
+    card = _read_card(card_path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        msg = f"checkpoint {path} is not a readable safetensors file ({e})"
+        raise UsageError(msg) from None
+    arch = card.get("arch") or model
+    if arch is None:
+        raise UsageError(f"{path} has no card ({card_path.name}): name its model with --model")
+    if model is not None and models.check_name(arch) and model not in (arch, card.get("name"),
+                                                                         path.stem):
+        models.check_name(model)
+        raise UsageError(
+            f"checkpoint {path.name} is a {arch}, not a {model}: pass --model {arch} or "
+            "leave --model out"
+        )
+    norm = card.get("normalization", {})
+    mean = tuple(norm.get("mean", CIFAR10_MEAN))
+    std = tuple(norm.get("std", CIFAR10_STD))
+    net = _build(arch, card.get("arch_kwargs", {}), path)
+    _fit(net, state, arch, path)
+    name = card.get("name", path.stem)
+    return Loaded(net, name, arch, str(path), digest, "ablate", mean, std, card.get("dataset"),
+                  card)
+
+
+def _load_torch(path: Path, model: str | None, digest: str) -> Loaded:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -243,6 +278,42 @@ def _load_file(path: Path, model: str | None) -> Loaded:
     return Loaded(net, arch, arch, str(path), digest, fmt, mean, std, None, card)
 
 
+_SHARED_KEYS = ("resnet", "plain")  # option-A ResNets and plain nets have identical state keys
+
+
+def _origin_family(card: dict, digest: str) -> str | None:
+    """What the weights were trained as, where something says so: the card's ``family``, or
+    the published weights registry matching the file's sha256."""
+    if card.get("family"):
+        return str(card["family"])
+    for w in published.WEIGHTS.values():
+        if digest.startswith(w.sha256) and len(w.sha256) == 64:
+            return w.family
+    return None
+
+
+def _check_family(loaded: Loaded, origin: str | None, path: Path) -> None:
+    """Refuse ResNet weights in a plain net (or the reverse): same keys, chance-level error.
+    Where nothing says the family, warn loudly."""
+    if not models.is_cifar(loaded.arch):
+        return
+    family = models.family(loaded.arch, None, default="resnet")
+    if family not in _SHARED_KEYS:
+        return
+    if origin is None:
+        if loaded.format != "ablate" or not loaded.card.get("arch"):
+            print(f"WARNING: nothing says whether {path.name} holds ResNet or plain-net weights "
+                  f"(no card with 'family'); loading it as {loaded.arch} ({family}). ResNet and "
+                  "plain nets share every key: the wrong one gives near-chance error",
+                  file=sys.stderr)
+        return
+    origin = "resnet" if origin == "stochastic_depth" else origin
+    if origin in _SHARED_KEYS and origin != family:
+        other = loaded.arch.replace(family, origin, 1)
+        raise UsageError(f"checkpoint {path.name} holds {origin} weights but --model "
+                         f"{loaded.arch} is a {family} net: pass --model {other}")
+
+
 def _plain(v: object) -> object:
     return v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
 
@@ -251,7 +322,7 @@ def _build(arch: str, kwargs: dict, path: Path) -> nn.Module:
     models.check_name(arch)
     try:
         return models.create(arch, **kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         msg = f"the card of {path.name} has arguments {arch} does not take: {e}"
         raise UsageError(msg) from None
 

@@ -80,8 +80,8 @@ def make_recipe(
     if warmup != "auto":
         r = replace(r, warmup_iters=WARMUP_ITERS if warmup == "on" else 0)
     for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--lr", lr)):
-        if value is not None and not value > 0:
-            raise UsageError(f"{flag} must be positive, got {value}")
+        if value is not None and not 0 < value < math.inf:
+            raise UsageError(f"{flag} must be a positive finite number, got {value}")
     return replace(
         r,
         epochs=r.epochs if epochs is None else int(epochs),

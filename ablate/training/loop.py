@@ -155,26 +155,38 @@ def train_epoch(
         idx = perm[rows]
         x = augment(images[idx], shifts[rows], flips[rows], recipe.crop_padding)
         x, y = normalize(x, m, sd, channels_last=channels_last), labels[idx]
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(x)
-            loss = F.cross_entropy(out.float(), y, label_smoothing=recipe.label_smoothing)
-        loss.backward()
-        if probe is not None:
-            g = probe()
+        loss, out, g = _train_step(model, opt, x, y, amp, probe, recipe.label_smoothing)
+        if g is not None:
             gsum = g if gsum is None else gsum + g
-        opt.step()
-        opt.zero_grad(set_to_none=False)  # keep zero grads: see zero_grads
         with torch.no_grad():
             sums += torch.stack([loss.detach() * y.numel(), (out.argmax(1) == y).sum()]).float()
         count += y.numel()
         step += 1
         if bar is not None and not bar.disable:
-            bar.update(1)
-            if s % 20 == 0 or s == steps - 1:  # the only syncs: for the display, every 20 steps
-                ips = (s + 1) * b / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{ips:,.0f}")
+            _show(bar, s, steps, b, t0, loss)
     sums = torch.cat([sums, torch.tensor([float(count)]).to(sums.device)])
     return sums, (gsum / steps if gsum is not None else None), step
+
+
+def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, amp: bool,
+                probe: GradProbe | None, label_smoothing: float = 0.0,
+                ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One SGD step: forward (bf16 autocast if ``amp``), backward, the probe, the update."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        out = model(x)
+        loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+    loss.backward()
+    g = probe() if probe is not None else None
+    opt.step()
+    opt.zero_grad(set_to_none=False)  # keep zero grads: see zero_grads
+    return loss, out, g
+
+
+def _show(bar: tqdm, s: int, steps: int, b: int, t0: float, loss: Tensor) -> None:
+    bar.update(1)
+    if s % 20 == 0 or s == steps - 1:  # the only syncs: for the display, every 20 steps
+        ips = (s + 1) * b / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{ips:,.0f}")
 
 
 def evaluate(

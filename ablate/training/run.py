@@ -6,6 +6,7 @@ rank takes its shard of each global batch (DDP; gloo on CPU, nccl on CUDA); only
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -129,6 +130,10 @@ def _data(config: TrainConfig, recipe: Recipe, device: torch.device, train_data:
         test_data = te if test_data is None else test_data
     if tuple(train_data.classes) != tuple(test_data.classes):
         raise UsageError("train and test splits have different classes: check --data")
+    if len(train_data.classes) < 2:
+        raise UsageError(f"the data has {len(train_data.classes)} class(es) "
+                         f"({', '.join(train_data.classes)}): a classifier needs at least two; "
+                         "check --data")
     train_ds = train_data.subset(config.limit_train)
     sets = {"test": test_data.subset(config.limit_test)}
     if config.val_split:
@@ -242,6 +247,12 @@ def _epoch(r: _Run, fwd: nn.Module, eval_net: nn.Module, epoch: int) -> None:
     if r.shard.world > 1:
         dist.all_reduce(sums)
     loss_sum, correct, count = sums.tolist()  # the one sync of the epoch's training
+    if not math.isfinite(loss_sum):  # stop before a NaN checkpoint replaces the last good one
+        raise UsageError(
+            f"training diverged in epoch {epoch + 1}: the loss is {loss_sum / count} at lr "
+            f"{lr_at(r.recipe, r.step - 1, _steps(r)):g}; lower --lr (or use --warmup on); "
+            f"{r.state_path} keeps the last finite epoch"
+        )
     t_train = time.perf_counter() - t0
     bar.close()
     ev = {"mean": mean, "std": std, "amp": r.amp, "channels_last": r.channels_last,

@@ -120,7 +120,7 @@ def test_one_split_folder_mixed_sizes_resize_crop_and_cache(val, tmp_path, monke
     def boom(*args):
         raise AssertionError("decoded again, cache unused")
 
-    monkeypatch.setattr(data, "_decode", boom)
+    monkeypatch.setattr(data.cache, "decode", boom)
     again = data.load(val, resize=36, crop=32, cache_dir=cache)
     assert torch.equal(again.images, ds.images) and torch.equal(again.labels, ds.labels)
     with pytest.raises(AssertionError, match="cache unused"):  # resize/crop are in the key
@@ -191,7 +191,7 @@ def test_imagenet_model_on_cifar_refused_before_decoding(tmp_path, fake_hub, cap
     monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("decoded data that cannot fit"))
     err = _exit_2(["--model", "resnet18", "--weights", "IMAGENET1K_V1", "--device", "cpu",
                    "--out", str(tmp_path)], capsys)
-    assert "outputs 1000 classes" in err and "cifar10-jpeg, 32x32" in err and "10 classes" in err
+    assert "outputs 1000 classes" in err and "cifar10, 32x32" in err and "10 classes" in err
 
 
 # --- what a user sees when weights or data are missing ---------------------------------------
