@@ -3,7 +3,8 @@
 For k = 0..K, S orders are made by k random swaps of shape-compatible blocks (same stage, neither
 changes the shape; a pair is drawn uniformly among all such pairs each time, so a later swap may
 undo an earlier one). How far an order is from the original is Kendall's tau over all unit
-positions. Draws are keyed by (seed, model name, k, sample) like the drop-blocks sets.
+positions. Draws are keyed by (seed, architecture, k, sample) like the drop-blocks sets, so two
+networks of one architecture (resnet110, resnet110-sd) are reordered alike.
 """
 
 from __future__ import annotations
@@ -53,10 +54,11 @@ def check(loaded: Loaded, max_swaps: int | None, samples: int) -> int:
     return max_swaps
 
 
-def draw(seed: int, model: str, n_units: int, compatible: Sequence[tuple[int, int]], k: int,
+def draw(seed: int, arch: str, n_units: int, compatible: Sequence[tuple[int, int]], k: int,
          sample: int) -> list[int]:
-    """The order after ``k`` random swaps (``order[i]`` is the unit run at position i)."""
-    rng = np.random.default_rng([seed, model_key(model), k, sample])
+    """The order after ``k`` random swaps (``order[i]`` is the unit run at position i), keyed by
+    the architecture ``arch`` (not the display name)."""
+    rng = np.random.default_rng([seed, model_key(arch), k, sample])
     order = list(range(n_units))
     for _ in range(k):
         i, j = compatible[int(rng.integers(len(compatible)))]
@@ -94,7 +96,7 @@ def run(
     keys = [{**base, "k": k, "sample": s}
             for k in range(max_swaps + 1) for s in range(1 if k == 0 else samples)]
     todo = distributed.broadcast(table.missing(keys))
-    items = [(key, draw(seed, loaded.name, n_units, compatible, key["k"], key["sample"]))
+    items = [(key, draw(seed, loaded.arch, n_units, compatible, key["k"], key["sample"]))
              for key in todo]
     sweep(loaded, ds, table, items, lambda it: Variant.reordered(it[1]),
           lambda it, o: {**it[0], "order": " ".join(map(str, it[1])),

@@ -251,7 +251,8 @@ def _epoch(r: _Run, fwd: nn.Module, eval_net: nn.Module, epoch: int) -> None:
         row["val_loss"], row["val_error"] = evaluate(eval_net, *r.splits["val"], **ev)
     seconds = time.perf_counter() - t0
     r.train_seconds += seconds
-    row |= {"images_per_s": _steps(r) * r.recipe.batch_size / t_train, "epoch_seconds": seconds}
+    row |= {"images_per_s": _steps(r) * r.recipe.batch_size / t_train, "epoch_seconds": seconds,
+            "train_step_seconds": t_train}  # training steps alone: no test or val pass
     row |= dict(zip(grad_columns(probe.n_blocks), gmean.tolist(), strict=True))
     r.log.append(row)
     if r.main:
