@@ -117,10 +117,10 @@ def discordant(correct_a: Tensor, correct_b: Tensor) -> tuple[int, int]:
 def pack_correct(correct: Tensor | np.ndarray) -> str:
     """Per-image correctness as compact text for a table cell (base64 of the packed bits)."""
     bits = np.packbits(np.asarray(correct, dtype=bool))
-    return base64.b64encode(bits.tobytes()).decode("ascii")
+    return "b" + base64.b64encode(bits.tobytes()).decode("ascii")  # "b": never read as a number
 
 
 def unpack_correct(text: str, n: int) -> np.ndarray:
     """Inverse of :func:`pack_correct` for ``n`` images."""
-    bits = np.frombuffer(base64.b64decode(text), dtype=np.uint8)
+    bits = np.frombuffer(base64.b64decode(str(text)[1:]), dtype=np.uint8)
     return np.unpackbits(bits)[:n].astype(bool)
