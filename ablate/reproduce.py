@@ -92,7 +92,8 @@ def plan(resnet: str | None = None, plain: str | None = None,
     return Plan(resnet, plain, stochastic)
 
 
-def _steps(p: Plan, s: Settings, common: list[str]) -> list[tuple[str, str, list[str]]]:
+def _steps(p: Plan, s: Settings, common: list[str], mass: float = 0.9
+           ) -> list[tuple[str, str, list[str]]]:
     """(analysis, module, arguments) for every analysis."""
     lim = [] if s.limit is None else ["--limit", str(s.limit)]
     n = _n_blocks(p.resnet)
@@ -105,7 +106,7 @@ def _steps(p: Plan, s: Settings, common: list[str]) -> list[tuple[str, str, list
                                               str(s.reorder_samples), "--max-swaps",
                                               str(s.max_swaps), *lim]),
         ("paths", "paths", ["--model", *p.residual, "--samples", str(s.path_samples),
-                            "--limit", str(s.path_images), "--ks", ks]),
+                            "--limit", str(s.path_images), "--ks", ks, "--mass", str(mass)]),
         ("gradnorm", "gradnorm", ["--model", *([p.resnet] + ([p.plain] if p.plain else [])),
                                   "--states", "init", "trained", "--limit", str(s.grad_images)]),
         ("attribution", "attribution", ["--model", *([p.resnet] + ([p.plain] if p.plain else [])),
@@ -139,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--resnet", default=None, help="bundled ResNet (default: the deepest)")
     ap.add_argument("--plain", default=None, help="bundled plain net (default: same depth)")
     ap.add_argument("--stochastic", default=None, help="bundled stochastic-depth ResNet")
+    ap.add_argument("--mass", type=float, default=0.9,
+                    help="gradient share of the effective path window (paths and the report; "
+                         "the report also gives 90%% and 95%%)")
     ap.add_argument("--only", nargs="+", default=None, metavar="ANALYSIS",
                     help="run only these analyses (the report still covers all tables present)")
     args = ap.parse_args(argv)
@@ -148,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = ["--device", args.device, "--seed", str(args.seed)]
     if args.data:
         common += ["--data", args.data]
-    steps = _steps(p, settings, common)
+    steps = _steps(p, settings, common, args.mass)
     known = {a for a, _, _ in steps}
     if args.only and not set(args.only) <= known:
         bad = sorted(set(args.only) - known)

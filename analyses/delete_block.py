@@ -1,8 +1,13 @@
 """Veit et al. 2016, section 4.1 (Figs. 3 and 8): delete one block at a time.
 
 For every deleted unit: test error with a 95% Wilson interval, loss with a t interval, the change
-against the intact network, and an exact McNemar test against the intact network on the same
-images, so that "no noticeable change" is a statement with a p-value.
+against the intact network with a 95% paired (Agresti-Min) interval on the same images, the
+discordant counts behind it, an exact McNemar test, and the per-image correctness of the deleted
+and the intact net (packed bits) so that two networks can be compared image by image (Fig. 8).
+
+"Which blocks hurt" is read from McNemar's p after Holm's correction over a network's blocks;
+"no noticeable change" needs an equivalence test (TOST) of the paired difference against a stated
+margin: a non-significant p alone says nothing (see ``figures.report``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from ablate._infra.errors import UsageError
 from ablate.data import Dataset
 from ablate.interventions.variants import Variant
 from ablate.measures import Outcome, evaluate, mcnemar_exact
+from ablate.measures.stats import discordant, pack_correct, paired_difference
 from ablate.models.blocks import blocks
 from ablate.models.checkpoint import Loaded
 from analyses.context import condition
@@ -56,13 +62,19 @@ def _ranges(idx: Sequence[int]) -> str:
 
 
 def row(base: dict, b, out: Outcome, intact: Outcome) -> dict:
-    """One deleted unit's row: its outcome, the change against the intact net, McNemar's p."""
+    """One deleted unit's row: its outcome, the change against the intact net with a paired
+    interval and McNemar's p, and both nets' per-image correctness (packed)."""
+    broken, fixed = discordant(out.correct, intact.correct)
+    _, lo, hi = paired_difference(broken, fixed, len(out.correct))
     return {
         **base, "block": b.index, "block_name": b.name, "stage": b.stage,
         "downsample": b.changes_shape, "kind": b.kind, **outcome_columns(out),
         "intact_error": intact.error, "error_change": out.error - intact.error,
+        "change_low": lo, "change_high": hi, "n_broken": broken, "n_fixed": fixed,
         "intact_loss": float(intact.loss.mean()),
         "p_value": mcnemar_exact(out.correct, intact.correct),
+        "correct": pack_correct(out.correct.cpu().numpy()),
+        "intact_correct": pack_correct(intact.correct.cpu().numpy()),
     }
 
 

@@ -1,8 +1,11 @@
 """Veit et al. 2016, section 4.2 (Fig. 5a): delete several random blocks at once.
 
 For k = 0..K, S random sets of k units are deleted together (k = 0 and any k with a single
-possible set: one sample). Each set is drawn from its own generator keyed by (seed, model name,
-k, sample), so adding a model, a k or a sample never changes the other draws. Downsampling blocks
+possible set: one sample). Each set is drawn from its own generator keyed by (seed, architecture,
+k, sample), so adding a model, a k or a sample never changes the other draws, and two networks of
+one architecture (resnet110 and resnet110-sd) get the same sets: their rows pair up (Fig. 8).
+A unit is a residual block (two layers) or a plain net's layer (one): k deleted units of the two
+families are not k deleted layers. Downsampling blocks
 are left out by default (deleting one is a different experiment, see delete_block); plain nets
 draw from their shape-preserving units.
 """
@@ -38,7 +41,7 @@ MAX_K = 20
 
 
 def model_key(name: str) -> int:
-    """A stable 64-bit number for a model name (Python's hash() is salted per process)."""
+    """A stable 64-bit number for an architecture name (Python's hash() is salted per process)."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
 
 
@@ -58,9 +61,10 @@ def samples_for(n: int, k: int, samples: int) -> int:
     return 1 if math.comb(n, k) == 1 else samples
 
 
-def draw(seed: int, model: str, cands: Sequence[int], k: int, sample: int) -> list[int]:
-    """The ``sample``-th random set of ``k`` units of ``cands`` for ``model`` (sorted)."""
-    rng = np.random.default_rng([seed, model_key(model), k, sample])
+def draw(seed: int, arch: str, cands: Sequence[int], k: int, sample: int) -> list[int]:
+    """The ``sample``-th random set of ``k`` units of ``cands`` for architecture ``arch`` (sorted;
+    keyed by the architecture, not the display name, so twins of one architecture pair up)."""
+    rng = np.random.default_rng([seed, model_key(arch), k, sample])
     return sorted(int(i) for i in rng.choice(np.asarray(cands), size=k, replace=False))
 
 
@@ -122,7 +126,7 @@ def run(
     units = blocks(loaded.model)
 
     def sets(k: dict) -> list[int]:
-        return draw(seed, loaded.name, cands, k["k"], k["sample"])
+        return draw(seed, loaded.arch, cands, k["k"], k["sample"])
 
     return sweep(loaded, ds, table, keys, lambda k: Variant.deleting(sets(k)),
                  lambda k, o: {"n_candidates": len(cands),

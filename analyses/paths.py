@@ -16,8 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ablate.data import Dataset, normalize
-from ablate.measures import mean_interval
 from ablate.measures import paths as ps
+from ablate.measures.stats import cluster_mean_interval
 from ablate.models.checkpoint import Loaded
 from analyses.context import condition
 from analyses.sweep import resume
@@ -64,7 +64,8 @@ def run(
 
     For each k, every image gets ``samples`` random k-subsets of blocks (drawn from a generator
     seeded by (seed, k), independent of the batch size); one row per (k, tap) holds the mean
-    gradient norm over images x sets with a t interval. Rows already in ``table`` are reused.
+    gradient norm over images x sets with a t interval clustered by image (an image's sets are
+    not independent of each other). Rows already in ``table`` are reused.
     """
     table = Table(None, KEY) if table is None else table
     n = len(ps.residual_blocks(loaded.model))
@@ -91,7 +92,7 @@ def run(
         rows = []
         for key, parts in norms.items():
             v = torch.cat(parts).numpy()
-            mean, lo, hi = mean_interval(v)
+            mean, lo, hi = cluster_mean_interval(v, np.arange(v.size) % len(ds))
             rows.append({**part[0], "tap": key, "kind": "gradient_magnitude",
                          "value": mean, "low": lo, "high": hi, "n_values": v.size,
                          "n_blocks": n})

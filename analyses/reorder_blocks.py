@@ -3,7 +3,8 @@
 For k = 0..K, S orders are made by k random swaps of shape-compatible blocks (same stage, neither
 changes the shape; a pair is drawn uniformly among all such pairs each time, so a later swap may
 undo an earlier one). How far an order is from the original is Kendall's tau over all unit
-positions. Draws are keyed by (seed, model name, k, sample) like the drop-blocks sets.
+positions. Draws are keyed by (seed, architecture, k, sample) like the drop-blocks sets, so two
+networks of one architecture (resnet110, resnet110-sd) are reordered alike.
 """
 
 from __future__ import annotations
@@ -53,10 +54,11 @@ def check(loaded: Loaded, max_swaps: int | None, samples: int) -> int:
     return max_swaps
 
 
-def draw(seed: int, model: str, n_units: int, compatible: Sequence[tuple[int, int]], k: int,
+def draw(seed: int, arch: str, n_units: int, compatible: Sequence[tuple[int, int]], k: int,
          sample: int) -> list[int]:
-    """The order after ``k`` random swaps (``order[i]`` is the unit run at position i)."""
-    rng = np.random.default_rng([seed, model_key(model), k, sample])
+    """The order after ``k`` random swaps (``order[i]`` is the unit run at position i), keyed by
+    the architecture ``arch`` (not the display name)."""
+    rng = np.random.default_rng([seed, model_key(arch), k, sample])
     order = list(range(n_units))
     for _ in range(k):
         i, j = compatible[int(rng.integers(len(compatible)))]
@@ -95,7 +97,7 @@ def run(
             for k in range(max_swaps + 1) for s in range(1 if k == 0 else samples)]
 
     def order(k: dict) -> list[int]:
-        return draw(seed, loaded.name, n_units, compatible, k["k"], k["sample"])
+        return draw(seed, loaded.arch, n_units, compatible, k["k"], k["sample"])
 
     return sweep(loaded, ds, table, keys, lambda k: Variant.reordered(order(k)),
                  lambda k, o: {"order": " ".join(map(str, order(k))),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -264,6 +264,10 @@ def drop(
     per sample. Works in train and eval mode. ``rescale`` divides survivors by p_l as torchvision's
     ``stochastic_depth`` does; the default follows Huang et al. (no rescaling). Gates are drawn from
     ``generator`` (a CPU generator keeps CPU and GPU runs identical for one seed).
+
+    On a network trained with stochastic depth, a kept branch is the unscaled f_l(x) in train and
+    eval mode alike: the eval-mode scaling by p_l is the expectation over the gates, which this
+    draws explicitly, so keeping it as well would give neither the train-time nor the test-time net.
     """
     if mode not in ("row", "batch"):
         raise UsageError(f"drop mode must be 'row' or 'batch', not {mode!r}")
@@ -271,8 +275,20 @@ def drop(
     bl = [b for b in bl if not (b.kind == "plain" and b.changes_shape)]
     ps = survival_list(survival, len(bl))
     gains = {b.index: _bernoulli_gate(p, mode, generator, rescale) for b, p in zip(bl, ps)}
-    with swapped(model, _gated(model, gains, granularity)):
+    _indices(list(gains), len(blocks(model, granularity)))
+    out: dict[str, nn.Module] = {}
+    for b in bl:
+        out.update(_gate_replacements(model, _unscaled(b), gains[b.index]))
+    with swapped(model, out):
         yield model
+
+
+def _unscaled(b: Block) -> Block:
+    """The block with its stochastic-depth branch unscaled (``branch``, never ``p_l * branch``)."""
+    m = b.module
+    if b.kind == "residual" and getattr(m, "survival", 1.0) != 1.0 and hasattr(m, "branch"):
+        return replace(b, _residual=m.branch)
+    return b
 
 
 def _bernoulli_gate(

@@ -1,14 +1,21 @@
-"""Intervals and paired tests on per-image results: Wilson, Student t, exact McNemar."""
+"""Intervals and paired tests on per-image results: Wilson, Student t (plain and clustered),
+exact McNemar, the paired difference of two error rates and its equivalence test (TOST).
+
+Bootstrap intervals of paired differences and Holm's correction live in :mod:`.paired`."""
 
 from __future__ import annotations
 
+import base64
 import math
 
 import numpy as np
 from scipy import stats
 from torch import Tensor
 
-__all__ = ["mcnemar_exact", "mean_interval", "wilson_interval"]
+__all__ = [
+    "cluster_mean_interval", "discordant", "mcnemar_exact", "mean_interval", "pack_correct",
+    "paired_difference", "tost_equivalent", "unpack_correct", "wilson_interval",
+]
 
 
 def wilson_interval(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
@@ -45,3 +52,75 @@ def mcnemar_exact(correct_a: Tensor, correct_b: Tensor) -> float:
     if only_a + only_b == 0:
         return 1.0
     return float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def cluster_mean_interval(
+    values: np.ndarray, clusters: np.ndarray, conf: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean with a Student-t interval over clusters: (mean, low, high).
+
+    For values that repeat a unit (several sampled sets per image): the clusters' means are the
+    independent observations, so the interval's width comes from the number of clusters, not of
+    values. With equal cluster sizes the mean equals the plain mean.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    ids, inv = np.unique(np.asarray(clusters), return_inverse=True)
+    if v.size == 0:
+        return (math.nan, math.nan, math.nan)
+    sums = np.bincount(inv, weights=v, minlength=ids.size)
+    counts = np.bincount(inv, minlength=ids.size)
+    per = sums / counts
+    m = float(v.mean())
+    if ids.size < 2:
+        return (m, math.nan, math.nan)
+    half = float(stats.t.ppf(0.5 + conf / 2, ids.size - 1) * per.std(ddof=1) / math.sqrt(ids.size))
+    return (m, m - half, m + half)
+
+
+def paired_difference(
+    only_a: int, only_b: int, n: int, conf: float = 0.95
+) -> tuple[float, float, float]:
+    """Difference of two error rates on the same n images, with an Agresti-Min interval.
+
+    ``only_a``: images that only condition A gets wrong; ``only_b``: only B. Returns (error_A -
+    error_B, low, high). Agresti and Min (2005) add 1/2 to each cell, which keeps the interval
+    from collapsing to a point when there are no discordant images.
+    """
+    if n <= 0:
+        return (math.nan, math.nan, math.nan)
+    d = (only_a - only_b) / n
+    a, b, m = only_a + 0.5, only_b + 0.5, n + 2
+    da = (a - b) / m
+    se = math.sqrt(max((a + b) - (a - b) ** 2 / m, 0.0)) / m
+    z = stats.norm.ppf(0.5 + conf / 2)
+    return (d, da - z * se, da + z * se)
+
+
+def tost_equivalent(
+    only_a: int, only_b: int, n: int, margin: float, alpha: float = 0.05
+) -> bool:
+    """Two one-sided tests: is |error_A - error_B| < ``margin`` at level ``alpha``?
+
+    Equivalent to the (1 - 2 alpha) paired interval lying inside (-margin, margin): equivalence
+    is shown by a narrow interval, never by a non-significant difference.
+    """
+    _, lo, hi = paired_difference(only_a, only_b, n, conf=1 - 2 * alpha)
+    return bool(-margin < lo and hi < margin)
+
+
+def discordant(correct_a: Tensor, correct_b: Tensor) -> tuple[int, int]:
+    """(images only A gets wrong, images only B gets wrong) of two conditions on the same images."""
+    a, b = correct_a.bool(), correct_b.bool()
+    return int((~a & b).sum()), int((a & ~b).sum())
+
+
+def pack_correct(correct: Tensor | np.ndarray) -> str:
+    """Per-image correctness as compact text for a table cell (base64 of the packed bits)."""
+    bits = np.packbits(np.asarray(correct, dtype=bool))
+    return "b" + base64.b64encode(bits.tobytes()).decode("ascii")  # "b": never read as a number
+
+
+def unpack_correct(text: str, n: int) -> np.ndarray:
+    """Inverse of :func:`pack_correct` for ``n`` images."""
+    bits = np.frombuffer(base64.b64decode(str(text)[1:]), dtype=np.uint8)
+    return np.unpackbits(bits)[:n].astype(bool)

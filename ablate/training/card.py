@@ -8,11 +8,11 @@ from dataclasses import asdict
 import torch
 
 from ablate.data import Dataset
-from ablate.training.config import Recipe, TrainConfig
+from ablate.training.config import Recipe, TrainConfig, paper_recipe
 from ablate.training.precision import cpu_name
 from ablate.training.precision import ranges as precision_ranges
 
-__all__ = ["card", "deviations", "device_name"]
+__all__ = ["card", "deviations", "device_name", "train_step_seconds"]
 
 
 def device_name(device: torch.device) -> str:
@@ -34,15 +34,15 @@ def card(
                           "source": "CIFAR-10 train-set constants"},
         "recipe": asdict(recipe),
         "deviations": deviations(config, recipe, paper, train_ds.name, amp, world,
-                                  len(train_ds)),
+                                  len(train_ds), stochastic=sd is not None),
         "epochs": recipe.epochs,
         "seed": config.seed,
         "stochastic_depth": None if sd is None else {"rule": "linear", "p_L": sd,
                                                       "mode": config.sd_mode},
         "final_test_error": log[-1]["test_error"] if log else None,
-        "best_test_error": min(r["test_error"] for r in log) if log else None,
         "train_images": len(train_ds),
-        "train_seconds": round(train_seconds, 3),
+        "train_seconds": round(train_seconds, 3),  # whole epochs: training, test and val passes
+        "train_step_seconds": train_step_seconds(log),
         "device": device_name(device),
         "world_size": world,
         "amp": "bf16" if amp else "off",
@@ -58,18 +58,34 @@ def card(
     return card
 
 
+def train_step_seconds(log: list[dict]) -> float | None:
+    """Seconds spent in training steps alone (no evaluation), summed over epochs; None when an
+    epoch's log predates the column (a run resumed from an older log)."""
+    if not log or any(r.get("train_step_seconds") in (None, "") for r in log):
+        return None
+    return round(sum(float(r["train_step_seconds"]) for r in log), 3)
+
+
+def _recipe_deviations(recipe: Recipe, paper: Recipe, source: str) -> list[str]:
+    return [f"{key} {value} instead of {getattr(paper, key)} ({source})"
+            for key, value in asdict(recipe).items() if value != getattr(paper, key)]
+
+
 def deviations(
     config: TrainConfig, recipe: Recipe, paper: Recipe, dataset: str, amp: bool, world: int,
-    n_train: int,
+    n_train: int, stochastic: bool = False,
 ) -> list[str]:
-    """Every way this run differs from the paper's recipe, in words, for the card."""
-    out = []
+    """Every way this run differs from the paper's recipe, in words, for the card. A
+    stochastic-depth run under another schedule also lists its departures from Huang et al.'s."""
     source = "Huang et al. 2016" if recipe.schedule == "huang" else "He et al. 2015"
     if paper.optimizer == "adamw":
         source = "Hassani et al. 2021"
-    for key, value in asdict(recipe).items():
-        if value != getattr(paper, key):
-            out.append(f"{key} {value} instead of {getattr(paper, key)} ({source})")
+    out = _recipe_deviations(recipe, paper, source)
+    if stochastic and recipe.schedule != "huang":
+        out += _recipe_deviations(recipe, paper_recipe(config.model, "huang"), "Huang et al. 2016")
+        if config.val_split == 0:
+            out.append("final-epoch test error instead of the best validation epoch of a 45k/5k "
+                       "split (Huang et al. 2016)")
     if recipe.schedule == "cosine" and paper.schedule != "cosine":
         out.append("cosine learning-rate decay instead of steps at 50% and 75%")
     if paper.optimizer == "adamw":

@@ -266,7 +266,8 @@ def _epoch(r: _Run, fwd: nn.Module, eval_net: nn.Module, epoch: int) -> None:
     r.train_seconds += seconds
     row |= {"images_per_s": _steps(r) * r.recipe.batch_size / t_train, "epoch_seconds": seconds,
             "amp": "bf16" if r.amp else "off", "channels_last": r.channels_last,
-            "device": card_mod.device_name(r.device)}
+            "device": card_mod.device_name(r.device),
+            "train_step_seconds": t_train}  # training steps alone: no test or val pass
     row |= dict(zip(grad_columns(probe.n_blocks), gmean.tolist(), strict=True))
     r.log.append(row)
     if r.main:

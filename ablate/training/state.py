@@ -78,8 +78,9 @@ def write_log(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
     buf = io.StringIO()
-    fields = list(dict.fromkeys(k for r in rows for k in r))  # rows of older runs lack some
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    # Every column of any row (a run resumed from an older log gains columns): missing cells empty.
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    w = csv.DictWriter(buf, fieldnames=fields, restval="", lineterminator="\n")
     w.writeheader()
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})

@@ -121,6 +121,21 @@ def test_candidates_pairs_and_seeded_draws(fx):
     assert sorted(o) == list(range(9)) and o[3] == 3 and o[6] == 6
 
 
+def test_draws_are_keyed_by_architecture_not_display_name(fx):
+    """resnet110 and resnet110-sd get the same sets and orders, so Fig. 8 is paired."""
+    import dataclasses
+
+    res = _load(fx, "resnet20")
+    twin = dataclasses.replace(res, name="resnet20-sd")  # same architecture, another name
+    ds = _data(fx, 8)
+    a = drop_blocks.run(res, ds, max_k=3, samples=2, progress=False)
+    b = drop_blocks.run(twin, ds, max_k=3, samples=2, progress=False)
+    assert a.deleted.tolist() == b.deleted.tolist()
+    a = reorder_blocks.run(res, ds, max_swaps=3, samples=2, progress=False)
+    b = reorder_blocks.run(twin, ds, max_swaps=3, samples=2, progress=False)
+    assert a.order.tolist() == b.order.tolist()
+
+
 @pytest.mark.parametrize("name", ["resnet20", "plain20"])
 def test_drop_blocks_rows_equal_naive(fx, name):
     m, ds = _load(fx, name), _data(fx)

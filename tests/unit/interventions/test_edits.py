@@ -265,6 +265,22 @@ def test_drop_survival_zero_deletes_everything_and_one_is_intact():
             assert torch.equal(run(model, x), intact)
 
 
+def test_drop_on_a_stochastic_depth_net_in_eval_keeps_branches_unscaled():
+    """Kept branches are f_l(x), not p_l * f_l(x): a drop with every gate open is the net with
+    no p_l scaling (its train-time forward with all blocks kept), not the test-time net."""
+    sd = make("resnet20", stochastic_depth=0.5).eval()
+    plain = make("resnet20").eval()  # same seed: same weights, survival 1 everywhere
+    plain.load_state_dict(sd.state_dict())
+    x = images(2)
+    with drop(sd, 1.0 - 1e-12, mode="batch", generator=torch.Generator().manual_seed(0)):
+        kept = run(sd, x)  # p < 1 so the gate is drawn; all kept with probability ~1
+    assert torch.allclose(kept, run(plain, x))
+    assert not torch.allclose(kept, run(sd, x))  # the test-time net scales by p_l
+    with drop(sd, 0.0):
+        with delete(plain, range(9)):
+            assert torch.allclose(run(sd, x), run(plain, x))
+
+
 def test_drop_plain_units_when_asked(vggs):
     model, x = make("vgg11_bn", vggs), images(2)
     with delete(model, [3, 5, 6, 7]):

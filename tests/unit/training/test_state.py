@@ -79,3 +79,36 @@ def test_a_state_written_in_the_old_format_resumes(tmp_path):
     assert resumed.keys() == whole.keys()
     for k in whole:
         assert torch.equal(resumed[k], whole[k]), k
+
+
+def test_an_old_log_without_train_step_seconds_resumes_and_reads(tmp_path):
+    """A run whose epochs predate ``train_step_seconds`` resumes; the log keeps every column
+    (old cells empty) and the card says the step time is unknown rather than wrong."""
+    import csv
+    import json
+
+    tr, te = _data(48, "train", 0), _data(8, "test", 1)
+    part = tmp_path / "part"
+    train(_config(part, stop_after=1), train_data=tr, test_data=te)
+    st = torch.load(part / "last.pt", weights_only=True)
+    st["log"] = [{k: v for k, v in r.items() if k != "train_step_seconds"} for r in st["log"]]
+    torch.save(st, part / "last.pt")
+    weights = train(_config(part, resume=True), train_data=tr, test_data=te)
+    rows = list(csv.DictReader(open(part / "log.csv")))
+    assert [r["train_step_seconds"] == "" for r in rows] == [True, False]
+    card = json.loads(weights.with_suffix(".json").read_text())
+    assert card["train_step_seconds"] is None and "best_test_error" not in card
+
+
+def test_card_records_training_step_time_apart_from_evaluation(tmp_path):
+    import json
+
+    tr, te = _data(48, "train", 0), _data(8, "test", 1)
+    card = json.loads(train(_config(tmp_path), train_data=tr, test_data=te)
+                      .with_suffix(".json").read_text())
+    assert 0 < card["train_step_seconds"] <= card["train_seconds"]
+    assert "best_test_error" not in card
+    # a stochastic-depth run on He's schedule also lists its departures from Huang's recipe
+    huang = [d for d in card["deviations"] if "Huang" in d]
+    assert any("epochs 2 instead of 500" in d for d in huang)
+    assert any("nesterov False instead of True" in d for d in huang)

@@ -1,0 +1,53 @@
+"""Intervals and tests added for the verdicts: clustered t interval, paired difference, TOST,
+packed per-image bits; Holm and the clustered bootstrap come from measures.paired."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ablate.measures.paired import holm, paired_bootstrap
+from ablate.measures.stats import (
+    cluster_mean_interval,
+    discordant,
+    mean_interval,
+    pack_correct,
+    paired_difference,
+    tost_equivalent,
+    unpack_correct,
+)
+
+
+def test_cluster_interval_is_as_wide_as_the_images_not_the_repeats():
+    rng = np.random.default_rng(0)
+    per_image = rng.normal(size=50)
+    values = np.repeat(per_image, 20) + rng.normal(scale=0.01, size=1000)  # 20 sets per image
+    clusters = np.repeat(np.arange(50), 20)
+    m, lo, hi = cluster_mean_interval(values, clusters)
+    _, nlo, nhi = mean_interval(values)
+    assert abs(m - values.mean()) < 1e-12
+    assert (hi - lo) > 3 * (nhi - nlo)  # naive interval pretends 1000 independent values
+    _, blo, bhi = paired_bootstrap(np.zeros(1000), values, clusters=clusters)
+    assert 0.5 < (bhi - blo) / (hi - lo) < 2  # the clustered bootstrap agrees in width
+
+
+def test_paired_difference_and_tost():
+    d, lo, hi = paired_difference(30, 10, 1000)
+    assert d == 0.02 and lo < 0.02 < hi and lo > 0
+    _, lo0, hi0 = paired_difference(0, 0, 10000)
+    assert lo0 < 0 < hi0 and hi0 - lo0 > 0  # never a zero-width interval
+    assert tost_equivalent(3, 2, 10000, margin=0.01)
+    assert not tost_equivalent(3, 2, 50, margin=0.01)  # too few images to show equivalence
+    assert not tost_equivalent(300, 10, 10000, margin=0.01)  # a real 3-point change
+
+
+def test_discordant_counts_and_packed_bits_round_trip():
+    a = torch.tensor([1, 1, 0, 0, 1], dtype=torch.bool)
+    b = torch.tensor([1, 0, 1, 0, 0], dtype=torch.bool)
+    assert discordant(a, b) == (1, 2)  # only a wrong: image 2; only b wrong: images 1, 4
+    bits = np.random.default_rng(1).random(1001) < 0.5
+    assert np.array_equal(unpack_correct(pack_correct(bits), 1001), bits)
+
+
+def test_holm_is_step_down():
+    assert holm([0.01, 0.04, 0.03]) == [0.03, 0.06, 0.06]
