@@ -22,8 +22,7 @@ from torch import Tensor, nn
 from ablate._infra.distributed import device as resolve_device
 from ablate._infra.errors import UsageError
 from ablate.interventions import delete, reorder
-from ablate.measures.paired import holm, paired_bootstrap
-from ablate.measures.stats import mcnemar_exact, wilson_interval
+from ablate.measures.stats import holm, mcnemar_exact, paired_bootstrap, wilson_interval
 from ablate.models.blocks import blocks
 
 __all__ = ["Condition", "OUTCOMES", "chunk", "conditions", "deletion_conditions", "lm_sweep",

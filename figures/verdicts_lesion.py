@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ablate.measures.paired import holm, paired_bootstrap
-from ablate.measures.stats import tost_equivalent
+from ablate.measures.stats import holm, paired_bootstrap, tost_equivalent
 from figures.verdicts import (
     ALPHA,
     EQUIVALENCE_MARGIN,

@@ -10,8 +10,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from ablate.measures.paired import paired_bootstrap
-from ablate.measures.stats import mcnemar_exact
+from ablate.measures.stats import mcnemar_exact, paired_bootstrap
 from ablate.models import checkpoint
 from analyses.paths import REFERENCE
 from figures.verdicts import ONE_SEED, Finding, fig, pct, per_image_wrong, read, twins

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from ablate.interventions import delete
-from ablate.measures.paired import holm, paired_bootstrap
 from ablate.measures.redundancy import rank_correlation, redundancy
+from ablate.measures.stats import holm, paired_bootstrap
 
 transformers = pytest.importorskip("transformers")
 from tests.unit.models.test_transformers import inputs, make  # noqa: E402

@@ -1,17 +1,18 @@
 """Intervals and tests added for the verdicts: clustered t interval, paired difference, TOST,
-packed per-image bits; Holm and the clustered bootstrap come from measures.paired."""
+packed per-image bits; Holm and the clustered bootstrap come from here too."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ablate.measures.paired import holm, paired_bootstrap
 from ablate.measures.stats import (
     cluster_mean_interval,
     discordant,
+    holm,
     mean_interval,
     pack_correct,
+    paired_bootstrap,
     paired_difference,
     tost_equivalent,
     unpack_correct,
