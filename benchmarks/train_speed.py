@@ -134,6 +134,30 @@ def time_baseline(args, ds: data_mod.Dataset, device: torch.device) -> float:
     return args.steps * args.batch_size / (time.perf_counter() - t0)
 
 
+def _compare_sd(args, ds, device, ours, base, name, chosen) -> dict:
+    """The stochastic-depth twin's training steps, measured alike; the whole result record."""
+    sd = None
+    if not args.skip_sd:
+        sd = time_ours(args, ds, device, stochastic_depth=0.5)
+        print(f"stochastic depth (linear to 0.5): {sd:,.0f} images/s, "
+              f"{1 - ours / sd:.1%} less time per step (Huang et al.: about 25%)")
+    full = 164 * (len(ds) // args.batch_size) * args.batch_size / ours
+    print(f"projected {args.model} 164 epochs of {len(ds)} images (training only): "
+          f"{full / 60:.1f} min")
+    result = {
+        "model": args.model, "device": name or "cpu", "device_type": device.type,
+        "torch": torch.__version__, "batch_size": args.batch_size, "steps": args.steps,
+        "warmup_steps": args.warmup_steps, "data": args.data or "random",
+        "ours_images_per_s": ours, "baseline_images_per_s": base,
+        "ratio": None if base is None else ours / base, "baseline_workers": args.workers,
+        "compile": args.compile, "amp": "bf16" if chosen.amp else "off",
+        "channels_last": chosen.channels_last, "precision_choice": chosen.why,
+        "sd_images_per_s": sd, "sd_time_saving": None if sd is None else 1 - ours / sd,
+        "projected_164_epochs_minutes": full / 60,
+    }
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet110")
@@ -178,25 +202,7 @@ def main() -> None:
         base = time_baseline(args, ds, device)
         print(f"baseline: {base:,.0f} images/s (DataLoader, {args.workers} workers, fp32)")
         print(f"ratio:    {ours / base:.2f}x")
-    sd = None
-    if not args.skip_sd:
-        sd = time_ours(args, ds, device, stochastic_depth=0.5)
-        print(f"stochastic depth (linear to 0.5): {sd:,.0f} images/s, "
-              f"{1 - ours / sd:.1%} less time per step (Huang et al.: about 25%)")
-    full = 164 * (len(ds) // args.batch_size) * args.batch_size / ours
-    print(f"projected {args.model} 164 epochs of {len(ds)} images (training only): "
-          f"{full / 60:.1f} min")
-    result = {
-        "model": args.model, "device": name or "cpu", "device_type": device.type,
-        "torch": torch.__version__, "batch_size": args.batch_size, "steps": args.steps,
-        "warmup_steps": args.warmup_steps, "data": args.data or "random",
-        "ours_images_per_s": ours, "baseline_images_per_s": base,
-        "ratio": None if base is None else ours / base, "baseline_workers": args.workers,
-        "compile": args.compile, "amp": "bf16" if chosen.amp else "off",
-        "channels_last": chosen.channels_last, "precision_choice": chosen.why,
-        "sd_images_per_s": sd, "sd_time_saving": None if sd is None else 1 - ours / sd,
-        "projected_164_epochs_minutes": full / 60,
-    }
+    result = _compare_sd(args, ds, device, ours, base, name, chosen)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")
