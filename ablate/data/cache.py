@@ -90,8 +90,10 @@ def _read_cache(cache_file: Path, quiet: bool = True) -> dict | None:
         )
         if ok and obj.get("checksum") != checksum(obj):
             if not quiet:
-                print(f"data: cache {cache_file.name} does not match its checksum; rebuilding "
-                      "it from the source", file=sys.stderr)
+                why = ("has no checksum (written by an older ablate)" if "checksum" not in obj
+                       else "does not match its checksum")
+                print(f"data: cache {cache_file.name} {why}; rebuilding it from the source",
+                      file=sys.stderr)
             return None
         if ok:
             obj.pop("checksum")
