@@ -90,7 +90,9 @@ def deviations(
         out.append("cosine learning-rate decay instead of steps at 50% and 75%")
     if paper.optimizer == "adamw":
         out.append("RandAugment (N=2, M=9) instead of AutoAugment; no repeated augmentation, "
-                   "random erasing or stochastic depth (Lee et al. 2021)")
+                   "random erasing or stochastic depth; ViT-Lite-7/4 (7 layers, width 256, "
+                   "Hassani et al. 2021) instead of their 9-layer width-192 ViT "
+                   "(Lee et al. 2021)")
     if dataset != "cifar10":
         what = " (a JPEG q75 copy of CIFAR-10)" if dataset == "cifar10-jpeg" else ""
         out.append(f"data set {dataset}{what} instead of CIFAR-10")
