@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="default: 164 (he, cosine), 500 (huang)")
     p.add_argument("--batch-size", type=int, default=128, help="global batch (default 128)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's, 0.1 "
-                   "for SGD; 5.5e-4 for vit_cifar's AdamW)")
+                   "for SGD; 1e-3 for vit_cifar's AdamW)")
     p.add_argument("--schedule", default="he", choices=SCHEDULES,
                    help="he: /10 at 50%% and 75%%; huang: 500 epochs, Nesterov, /10 at 250, 375")
     p.add_argument("--warmup", default="auto", choices=("auto", "on", "off"),

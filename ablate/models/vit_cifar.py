@@ -4,8 +4,9 @@ Architecture: ViT-Lite-7/4 of Hassani et al. 2021, *Escaping the Big Data Paradi
 Transformers* (arXiv:2104.05704, Table 2 / their ``vit_lite_7`` config): patch 4 (64 tokens plus
 the class token), 7 pre-norm encoder layers, width 256, 4 heads, MLP 512 (ratio 2). They report
 91.4% on CIFAR-10 with 300 epochs of AdamW (lr 5.5e-4, weight decay 3e-2, batch 128, cosine with
-warm-up) and strong augmentation (AutoAugment, Mixup/CutMix); with only crop and flip, as our
-trainer does, expect less. ``blocks()`` sees its 7 layers (and 14 branches).
+warm-up) and strong augmentation (AutoAugment, Mixup/CutMix). ``python -m ablate.train`` trains
+it with Lee et al. 2021's shorter recipe (100 epochs, RandAugment, Mixup/CutMix:
+``training.config.vit_recipe``). ``blocks()`` sees its 7 layers (and 14 branches).
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def deviations(
     stochastic-depth run under another schedule also lists its departures from Huang et al.'s."""
     source = "Huang et al. 2016" if recipe.schedule == "huang" else "He et al. 2015"
     if paper.optimizer == "adamw":
-        source = "Hassani et al. 2021"
+        source = "Lee et al. 2021"
     out = _recipe_deviations(recipe, paper, source)
     if stochastic and recipe.schedule != "huang":
         out += _recipe_deviations(recipe, paper_recipe(config.model, "huang"), "Huang et al. 2016")
@@ -89,7 +89,10 @@ def deviations(
     if recipe.schedule == "cosine" and paper.schedule != "cosine":
         out.append("cosine learning-rate decay instead of steps at 50% and 75%")
     if paper.optimizer == "adamw":
-        out.append("crop and flip only: no AutoAugment, Mixup or CutMix (Hassani et al. 2021)")
+        out.append("RandAugment (N=2, M=9) instead of AutoAugment; no repeated augmentation, "
+                   "random erasing or stochastic depth; ViT-Lite-7/4 (7 layers, width 256, "
+                   "Hassani et al. 2021) instead of their 9-layer width-192 ViT "
+                   "(Lee et al. 2021)")
     if dataset != "cifar10":
         what = " (a JPEG q75 copy of CIFAR-10)" if dataset == "cifar10-jpeg" else ""
         out.append(f"data set {dataset}{what} instead of CIFAR-10")

@@ -2,7 +2,8 @@
 
 The whole uint8 train split lives on the device; each epoch draws one permutation, crop offsets
 and flips from a seeded generator on that device, and batches are cropped, flipped and normalised
-there (airbench style: no DataLoader, no per-image Python, no host sync per step).
+there (airbench style: no DataLoader, no per-image Python, no host sync per step). Recipes
+that ask for it add RandAugment and Mixup/CutMix (``training.augment``), drawn after those.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from ablate.data import CIFAR10_MEAN, CIFAR10_STD, normalize
 from ablate.measures import evaluate as measure
 from ablate.models.blocks import blocks, get_module
+from ablate.training import augment as aug
 from ablate.training.config import Recipe, lr_at
 
 __all__ = [
@@ -142,6 +144,11 @@ def train_epoch(
     steps_per_epoch = n // b
     lo, hi = shard.bounds(b)
     perm, shifts, flips = draw_epoch(n, recipe, gen, images.device)
+    ra = (aug.draw_randaugment(n, recipe.randaug_ops, gen, images.device)
+          if recipe.randaug_ops else None)  # drawn only when on: ResNet streams are unchanged
+    mixes = (aug.draw_mixes(steps_per_epoch, recipe.mixup_alpha, recipe.cutmix_alpha,
+                        recipe.mix_prob, tuple(images.shape[2:]), gen, images.device)
+             if recipe.mixes else [None] * steps_per_epoch)
     m, sd = (torch.tensor(v, dtype=torch.float32, device=images.device) for v in (mean, std))
     sums, count = torch.zeros(2, device=images.device), 0
     gsum = None
@@ -154,8 +161,14 @@ def train_epoch(
         rows = slice(s * b + lo, s * b + hi)
         idx = perm[rows]
         x = augment(images[idx], shifts[rows], flips[rows], recipe.crop_padding)
+        if ra is not None:
+            with aug.one_thread(x.device):
+                x = aug.randaugment(x, ra[0][rows], ra[1][rows], recipe.randaug_magnitude)
         x, y = normalize(x, m, sd, channels_last=channels_last), labels[idx]
-        loss, out, g = _train_step(model, opt, x, y, amp, probe, recipe.label_smoothing)
+        if mixes[s] is not None:
+            x = aug.mix_batch(x, mixes[s])
+        loss, out, g = _train_step(model, opt, x, y, amp, probe, recipe.label_smoothing,
+                                   mixes[s])
         if g is not None:
             gsum = g if gsum is None else gsum + g
         with torch.no_grad():
@@ -169,12 +182,14 @@ def train_epoch(
 
 
 def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, amp: bool,
-                probe: GradProbe | None, label_smoothing: float = 0.0,
+                probe: GradProbe | None, label_smoothing: float = 0.0, mix: aug.Mix | None = None,
                 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """One SGD step: forward (bf16 autocast if ``amp``), backward, the probe, the update."""
+    """One step: forward (bf16 autocast if ``amp``), backward, the probe, the update. A mixed
+    batch (``mix``) is scored against the mixed soft targets (``training.augment``)."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         out = model(x)
-        loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+        target = y if mix is None else aug.soft_targets(y, out.shape[1], mix)
+        loss = F.cross_entropy(out.float(), target, label_smoothing=label_smoothing)
     loss.backward()
     g = probe() if probe is not None else None
     opt.step()

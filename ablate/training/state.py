@@ -15,10 +15,14 @@ import torch
 
 from ablate._infra.errors import UsageError
 from ablate._infra.io import atomic_write, write_text
+from ablate.training.config import Recipe
 
 __all__ = ["STATE_FORMAT", "load_state", "rng_state", "save_state", "set_rng_state", "write_log"]
 
 STATE_FORMAT = "ablate-train-state/1"
+# Recipe fields added after the format was fixed: a state without them ran with their defaults
+LATER_RECIPE_FIELDS = ("optimizer", "label_smoothing", "warmup_linear", "randaug_ops",
+                       "randaug_magnitude", "mixup_alpha", "cutmix_alpha", "mix_prob")
 
 
 def rng_state(gen: torch.Generator, device: torch.device) -> dict:
@@ -53,8 +57,8 @@ def load_state(path: Path, run: dict) -> dict:
         raise UsageError(f"--resume: {path} is not an ablate.train state; choose another --out")
     old = state["run"]
     if isinstance(old.get("recipe"), dict):  # states saved before these Recipe fields existed
-        old["recipe"].setdefault("optimizer", "sgd")
-        old["recipe"].setdefault("label_smoothing", 0.0)
+        for k in LATER_RECIPE_FIELDS:  # their defaults are what such a run did
+            old["recipe"].setdefault(k, getattr(Recipe, k))
     if old.get("model") != run["model"]:
         raise UsageError(
             f"--resume: {path} is a run of {old.get('model')}, not {run['model']}: pass "

@@ -28,9 +28,10 @@ def test_vit_cifar_in_registry_and_blocks():
 
 def test_vit_recipe_and_one_epoch(tmp_path):
     r = make_recipe("vit_cifar")
-    assert (r.optimizer, r.schedule, r.weight_decay) == ("adamw", "cosine", 3e-2)
-    assert (r.lr, r.label_smoothing) == (5.5e-4, 0.1)
-    assert TrainConfig(model="vit_cifar").recipe().lr == 5.5e-4  # no SGD rate from the flags
+    assert (r.optimizer, r.schedule, r.weight_decay) == ("adamw", "cosine", 5e-2)
+    assert (r.lr, r.label_smoothing, r.epochs) == (1e-3, 0.1, 100)  # Lee et al. 2021
+    assert (r.randaug_ops, r.mixup_alpha, r.cutmix_alpha, r.mix_prob) == (2, 1.0, 1.0, 0.5)
+    assert TrainConfig(model="vit_cifar").recipe().lr == 1e-3  # no SGD rate from the flags
     assert TrainConfig(model="resnet20").recipe() == make_recipe("resnet20")
     cfg = TrainConfig(model="vit_cifar", epochs=1, batch_size=32, device="cpu",
                       out=str(tmp_path / "run"), progress=False)

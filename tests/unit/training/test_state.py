@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from ablate import data as D
 from ablate import models
 from ablate.training import TrainConfig, train
-from ablate.training.state import STATE_FORMAT, load_state
+from ablate.training.state import LATER_RECIPE_FIELDS, STATE_FORMAT, load_state
 
 # The keys of the state dict and of its "run" entry exactly as f38ef46's ablate/train.py wrote
 # them; ``_load_state`` there compared every "run" entry against the resumed run's.
@@ -69,9 +69,10 @@ def test_a_state_written_in_the_old_format_resumes(tmp_path):
     gen = torch.Generator().manual_seed(0)
     gen.set_state(st["rng"]["data"])
     torch.set_rng_state(st["rng"]["torch"])
-    # as the old trainer wrote it: its recipe had no optimizer or label_smoothing fields
-    recipe = {k: v for k, v in st["run"]["recipe"].items()
-              if k not in ("optimizer", "label_smoothing")}
+    # as the old trainer wrote it: its recipe had none of the later fields (optimizer,
+    # label_smoothing, the ViT recipe's warm-up and augmentation)
+    assert set(LATER_RECIPE_FIELDS) <= set(st["run"]["recipe"])
+    recipe = {k: v for k, v in st["run"]["recipe"].items() if k not in LATER_RECIPE_FIELDS}
     run = {**st["run"], "recipe": recipe}
     old = _old_format_state(net, opt, gen, run, st["epoch"], st["step"], st["log"])
     torch.save(old, part / "last.pt")
