@@ -1,11 +1,19 @@
-"""python -m ablate.reproduce: every analysis of both papers on the shipped checkpoints.
+"""python -m ablate.reproduce: every analysis of both papers on the bundled checkpoints.
 
-    python -m ablate.reproduce --quick          # a reduced run on the CPU in a few minutes
-    python -m ablate.reproduce --device cuda    # the full run: full test split, all samples
+    python -m ablate.reproduce --quick          # resnet20 and plain20, 500 images: a few minutes
+    python -m ablate.reproduce --device cpu     # the full run (hours: scripts/reproduce_cpu.sh)
+
+The full plan (:func:`plan`) follows whatever is bundled: Veit Figs. 3, 5a, 5b and attribution on
+resnet56 and resnet110, Fig. 3 against plain56; Fig. 6 on resnet110 (resnet56 until it ships, said
+so in run.json and the report); Fig. 8 and Huang et al. on resnet110 against resnet110-sd once
+both ship; gradients per depth on resnet56 and plain56; He et al.'s degradation on every depth
+with both a plain net and a ResNet.
 
 Writes ``OUT/results/<analysis>/`` (results.csv, meta.json, figures, PDF and PNG) for each
-analysis, then regenerates ``OUT/REPRODUCTION.md`` from those tables. Each analysis resumes from
-the rows it already has, so a second run reuses finished results.
+analysis, ``OUT/run.json`` (plan, sample sizes and why, wall times summed over invocations), then
+regenerates ``OUT/REPRODUCTION.md`` from those tables. Each analysis resumes from the rows it
+already has, so a second run (or one after a new checkpoint is bundled) measures only what is
+missing.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ class Settings:
     attribution_steps: int
 
 
-FULL = Settings(None, 1000, 10, 10, 20, 8, 128, 18, 1000, 128, 16)
+FULL = Settings(None, 1000, 8, 8, 20, 8, 128, 18, 1000, 128, 16)
 QUICK = Settings(500, 500, 4, 4, 6, 8, 64, 8, 128, 64, 8)
 
 # Why the full run measures what it does (written into run.json, quoted in REPRODUCTION.md).
@@ -58,11 +66,11 @@ WHY = {
                    "(several points) dominates the test-set noise of 1,000 images (Wilson "
                    "half-width about 2.8 points at 25% error, 1.6 at 7%), so the budget goes "
                    "to more draws rather than more images",
-    "drop_samples": "10 random sets per k = 1..20 (201 conditions per network) make each "
-                    "mean error per k an average of 10 draws: standard error about a third of "
-                    "the between-set spread",
-    "reorder_samples": "10 random orders per number of swaps 1..20 (201 orders per network): "
-                       "about 20 orders per 0.1-wide bin of Kendall's tau",
+    "drop_samples": "8 random sets per k = 1..20 (161 conditions per network): each mean "
+                    "error per k averages 8 draws, a standard error about a third of the "
+                    "between-set spread; more draws cost a ResNet-110 pass over 1,000 images each",
+    "reorder_samples": "8 random orders per number of swaps 1..20 (161 orders per network): "
+                       "about 15 orders per 0.1-wide bin of Kendall's tau",
     "path_samples": "8 random block sets per image and path length; the interval is clustered "
                     "by image (the 128 images are the independent units, the sets within one "
                     "image are not)",
@@ -272,7 +280,7 @@ def _write_run(out: Path, args: argparse.Namespace, argv: Sequence[str] | None,
     invocations that ran it (a resumed run adds only what it measured)."""
     f = out / "run.json"
     old = json.loads(f.read_text()) if f.exists() else {}
-    total = dict(old.get("wall_seconds_total", {}))
+    total = dict(old.get("wall_seconds_total", old.get("wall_seconds", {})))
     for k, v in times.items():
         total[k] = round(total.get(k, 0.0) + v, 1)
     write_json(f, {

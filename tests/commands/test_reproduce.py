@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pandas as pd
@@ -59,8 +60,15 @@ def test_quick_reproduction_is_complete_and_idempotent(tmp_path, zoo, image_fold
 
     monkeypatch.setattr(sweep_module, "evaluate_variants", spy)
     before = {a: pd.read_csv(out / "results" / a / "results.csv") for a in analyses[:3]}
+    first = json.loads((out / "run.json").read_text())
     assert reproduce.main(args) == 0
     assert calls == []
+    run = json.loads((out / "run.json").read_text())
+    assert run["plan"]["resnets"] == ["resnet20"] and run["plan"]["plain"] == "plain20"
+    assert set(run["wall_seconds_total"]) == set(analyses)
+    for a in analyses:  # wall time sums over invocations
+        assert run["wall_seconds_total"][a] == pytest.approx(
+            first["wall_seconds_total"][a] + run["wall_seconds"][a], abs=0.11)
     for a, df in before.items():
         pd.testing.assert_frame_equal(pd.read_csv(out / "results" / a / "results.csv"), df)
 
