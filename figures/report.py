@@ -15,7 +15,7 @@ from ablate.models import checkpoint
 from analyses import registry
 from figures import verdicts_lesion as lesion
 from figures import verdicts_paths as vpaths
-from figures.verdicts import Finding, pct, read
+from figures.verdicts import Finding, read
 from figures.verdicts_degradation import degradation
 from figures.verdicts_paths import HUANG_2016
 
@@ -30,14 +30,22 @@ def _models() -> list[str]:
     rows = []
     for name in checkpoint.bundled_names():
         card = json.loads((checkpoint.bundled_dir() / f"{name}.json").read_text())
-        arch = card.get("arch", name)
+        arch, w = card.get("arch", name), card.get("weights") or {}
         paper = HE_2015.get(arch) if "-sd" not in name else (
             HUANG_2016["stochastic_110"] if arch == "resnet110" else None)
-        rows.append(f"| {name} | {card.get('dataset')} | {card.get('epochs')} | "
-                    f"{pct(card.get('final_test_error'))} | "
-                    f"{'' if paper is None else str(paper) + '%'} | {card.get('device')} |")
-    head = ("| checkpoint | data | epochs | our test error | paper (pristine CIFAR-10) "
-            "| hardware |\n|---|---|---|---|---|---|")
+        err = card.get("test_error", card.get("final_test_error"))
+        if w:  # a published checkpoint: who trained it and how
+            how = f"{w.get('source')} @ {w.get('commit')} ({w.get('recipe', '').split(',')[0]})"
+            trained, pub = how, w.get("published_error")
+        else:
+            trained = f"ablate.train, {card.get('epochs')} epochs on {card.get('device')}"
+            pub = None
+        rows.append(f"| {name} | {card.get('dataset')} | {trained} | "
+                    f"{'n/a' if err is None else f'{100 * err:.2f}%'} | "
+                    f"{'' if pub is None else f'{pub:.2f}%'} | "
+                    f"{'' if paper is None else str(paper) + '%'} |")
+    head = ("| checkpoint | data | trained by | our test error | its source's number | "
+            "paper (He et al. / Huang et al.) |\n|---|---|---|---|---|---|")
     return [head, *rows] if rows else ["No checkpoints are bundled."]
 
 

@@ -17,24 +17,26 @@
 # The command it runs:
 #   nice -n 10 python -m ablate.reproduce --device cpu --out reproduction
 #
-# Estimated CPU time (pieces measured at nice 19 on the 2 cores shared with a training job
-# and other work, load 5-8, extrapolated linearly; expect less on an idle machine):
-#   degradation     8 nets x 10,000 images                              ~ 12 min
-#   gradnorm        resnet56 + plain56, init + trained, 1,000 images    ~  6 min
-#   delete_block    resnet56 (27) + plain56 (52 units), 10,000 images   ~ 75 min
-#                   + resnet110 (54 blocks)                             ~ 95 min
-#                   + resnet110-sd (54 blocks, when bundled)            ~ 95 min
-#   paths           resnet56: 28 lengths x 128 images x 8 sets          ~ 25 min
-#                   (resnet110 instead: 19 lengths, twice the cost)     ~ 35 min
-#   drop_blocks     201 sets x 1,000 images: resnet56 ~ 40, resnet110   ~ 80 min
-#   reorder_blocks  201 orders x 1,000 images: resnet56 ~ 40, resnet110 ~ 80 min
-#   attribution     conductance, 16 steps x 128 images: resnet56 ~ 25, resnet110 ~ 100 min
-#   total today (zoo only)                                              ~ 4 h
-#   total with resnet110 (and resnet110-sd)                             ~ 9 h (10.5 h)
-# (see the helper report of issue 13 for the measured pieces)
+# Estimated wall time, from small pieces of each step measured at nice 19 on these 2 cores and
+# extrapolated linearly (minutes; "busy": load 5-8, the resnet110 training job and other work
+# beside it; "load 4": the training job alone). Rows resume, so the run may span sessions.
+#   step            work                                              busy   load 4
+#   degradation     8 nets x 10,000 images                               9        6
+#   gradnorm        resnet56 + plain56, init + trained, 1,000 images     5        3
+#   delete_block    resnet56 (27 blocks), 10,000 images                 24       14
+#                   plain56 (52 units), 10,000 images                   47       28
+#   paths           resnet56: 28 lengths x 128 images x 8 sets          28       17
+#   drop_blocks     resnet56: 161 sets x 1,000 images                   26       16
+#   reorder_blocks  resnet56: 161 orders x 1,000 images                 33       20
+#   attribution     resnet56: conductance, 16 steps x 128 images        19       12
+#   today (the zoo)                                                 ~3.2 h   ~1.9 h
+#   + resnet110: delete_block 75, paths 38 (19 lengths), drop 51,
+#     reorder 66, attribution 77                                    ~5.1 h   ~3.1 h
+#   + resnet110-sd: delete_block (Fig. 8)                           ~1.3 h   ~0.9 h
+#   all of it                                                       ~9.5 h   ~5.9 h
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 OUT=${REPRO_OUT:-reproduction}
 LOG=runs/reproduce_cpu.log
 PID=runs/reproduce_cpu.pid
