@@ -71,6 +71,8 @@ WHY = {
                     "between-set spread; more draws cost a ResNet-110 pass over 1,000 images each",
     "reorder_samples": "8 random orders per number of swaps 1..20 (161 orders per network): "
                        "about 15 orders per 0.1-wide bin of Kendall's tau",
+    "max_swaps": "1 to 20 random swaps: enough to take the order far from the original (the "
+                 "report gives the lowest Kendall's tau reached), as Veit's Fig. 5b does",
     "path_samples": "8 random block sets per image and path length; the interval is clustered "
                     "by image (the 128 images are the independent units, the sets within one "
                     "image are not)",

@@ -85,7 +85,8 @@ def _sizes(run: dict) -> list[str]:
         return []
     out = ["", "## Sample sizes", "", "| setting | value | why |", "|---|---|---|"]
     for k, v in settings.items():
-        out.append(f"| {k} | {'all' if v is None else v} | {why.get(k, '-')} |")
+        default = "reduced so that the quick run takes minutes" if run.get("quick") else "-"
+        out.append(f"| {k} | {'all' if v is None else v} | {why.get(k, default)} |")
     return out
 
 
