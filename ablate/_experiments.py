@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import figures.attribution
+import figures.degradation
 import figures.delete_block
 import figures.drop_blocks
 import figures.gradnorm
@@ -24,6 +25,7 @@ PLOTS: dict[str, Callable] = {
     "paths": figures.paths.plot,
     "gradnorm": figures.gradnorm.plot,
     "attribution": figures.attribution.plot,
+    "degradation": figures.degradation.plot,
     "training_curves": figures.training_curves.plot,
 }
 assert list(PLOTS) == names(), "every experiment has one figure, in the registry's order"
@@ -33,6 +35,7 @@ def commands() -> dict[str, Callable[[Sequence[str]], int]]:
     """Each experiment's ``python -m ablate.<name>`` entry point, by name."""
     from ablate import (
         attribution,
+        degradation,
         delete_block,
         drop_blocks,
         gradnorm,
@@ -43,6 +46,7 @@ def commands() -> dict[str, Callable[[Sequence[str]], int]]:
 
     out = {"delete_block": delete_block.main, "drop_blocks": drop_blocks.main,
            "reorder_blocks": reorder_blocks.main, "paths": paths.main, "gradnorm": gradnorm.main,
-           "attribution": attribution.main, "training_curves": training_curves.main}
+           "attribution": attribution.main, "degradation": degradation.main,
+           "training_curves": training_curves.main}
     assert list(out) == names(), "every experiment has one command, in the registry's order"
     return out

@@ -1,21 +1,31 @@
-"""python -m ablate.reproduce: every analysis of both papers on the shipped checkpoints.
+"""python -m ablate.reproduce: every analysis of both papers on the bundled checkpoints.
 
-    python -m ablate.reproduce --quick          # a reduced run on the CPU in a few minutes
-    python -m ablate.reproduce --device cuda    # the full run: full test split, all samples
+    python -m ablate.reproduce --quick          # resnet20 and plain20, 500 images: a few minutes
+    python -m ablate.reproduce --device cpu     # the full run (hours: scripts/reproduce_cpu.sh)
+
+The full plan (:func:`plan`) follows whatever is bundled: Veit Figs. 3, 5a, 5b and attribution on
+resnet56 and resnet110, Fig. 3 against plain56; Fig. 6 on resnet110 (resnet56 until it ships, said
+so in run.json and the report); Fig. 8 and Huang et al. on resnet110 against resnet110-sd once
+both ship; gradients per depth on resnet56 and plain56; He et al.'s degradation on every depth
+with both a plain net and a ResNet.
 
 Writes ``OUT/results/<analysis>/`` (results.csv, meta.json, figures, PDF and PNG) for each
-analysis, then regenerates ``OUT/REPRODUCTION.md`` from those tables. Each analysis resumes from
-the rows it already has, so a second run reuses finished results.
+analysis, ``OUT/run.json`` (plan, sample sizes and why, wall times summed over invocations), then
+regenerates ``OUT/REPRODUCTION.md`` from those tables. Each analysis resumes from the rows it
+already has, so a second run (or one after a new checkpoint is bundled) measures only what is
+missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from ablate._experiments import commands
 from ablate._infra.errors import ArgumentParser, UsageError, check_out, cli_main, non_negative
@@ -30,37 +40,75 @@ __all__ = ["Plan", "Settings", "plan", "main"]
 class Settings:
     """How much work each analysis does: the full run or the reduced ``--quick`` one."""
 
-    limit: int | None  # images of the test split (None: all)
+    limit: int | None  # images for the error curves: Fig. 3, degradation (None: all)
+    sweep_limit: int | None  # images for Figs. 5a and 5b (None: all)
     drop_samples: int
     reorder_samples: int
     max_swaps: int
     path_samples: int
     path_images: int
-    path_stride: int  # measure every path length (1) or every n/path_stride-th
+    path_lengths: int  # about this many path lengths, evenly spaced over 0..n (0: all)
     grad_images: int
     attribution_images: int
     attribution_steps: int
 
 
-FULL = Settings(None, 20, 20, 20, 32, 512, 0, 1000, 1000, 32)
-QUICK = Settings(500, 4, 4, 6, 8, 64, 8, 128, 64, 8)
+FULL = Settings(None, 1000, 8, 8, 20, 8, 128, 18, 1000, 128, 16)
+QUICK = Settings(500, 500, 4, 4, 6, 8, 64, 8, 128, 64, 8)
 
+# Why the full run measures what it does (written into run.json, quoted in REPRODUCTION.md).
+WHY = {
+    "limit": "Fig. 3 and the degradation table use the whole 10,000-image split: at 10,000 "
+             "images a paired 90% interval of a single deletion's change is a few tenths of a "
+             "point wide, so a block can be shown equivalent to the intact net within 1 point, "
+             "and the paper's error differences of 0.3-3 points between depths are resolvable",
+    "sweep_limit": "Figs. 5a and 5b draw random sets and orders: their spread between draws "
+                   "(several points) dominates the test-set noise of 1,000 images (Wilson "
+                   "half-width about 2.8 points at 25% error, 1.6 at 7%), so the budget goes "
+                   "to more draws rather than more images",
+    "drop_samples": "8 random sets per k = 1..20 (161 conditions per network): each mean "
+                    "error per k averages 8 draws, a standard error about a third of the "
+                    "between-set spread; more draws cost a ResNet-110 pass over 1,000 images each",
+    "reorder_samples": "8 random orders per number of swaps 1..20 (161 orders per network): "
+                       "about 15 orders per 0.1-wide bin of Kendall's tau",
+    "max_swaps": "1 to 20 random swaps: enough to take the order far from the original (the "
+                 "report gives the lowest Kendall's tau reached), as Veit's Fig. 5b does",
+    "path_samples": "8 random block sets per image and path length; the interval is clustered "
+                    "by image (the 128 images are the independent units, the sets within one "
+                    "image are not)",
+    "path_images": "128 images x 8 sets = 1,024 gradients per path length: the clustered 95% "
+                   "interval of the log-magnitude is narrow against its decay over 50 lengths",
+    "path_lengths": "about 18 path lengths evenly spaced over 0..n (every 3rd for ResNet-110's "
+                    "54 blocks, every length for ResNet-56's 27): the slope and the effective "
+                    "window are interpolated in log space between measured lengths",
+    "grad_images": "1,000 images (eight batches of 128): the per-unit t intervals of the "
+                   "gradient norm are a few percent of the norm, far below the orders of "
+                   "magnitude between plain and residual nets",
+    "attribution_images": "128 images: Spearman's rho is over the network's 27 or 54 blocks; "
+                          "each block's mean attribution over 128 images has a t interval in "
+                          "the table. Conductance costs blocks x steps x images backward passes, "
+                          "the most expensive step per image",
+    "attribution_steps": "16 integration steps of conductance (captum's default is 50; the "
+                         "ranking of blocks, not the completeness error, is what is compared)",
+}
 
 @dataclass(frozen=True)
 class Plan:
-    """Which shipped networks play which part."""
+    """Which bundled networks play which part (see :func:`plan`)."""
 
-    resnet: str
-    plain: str | None
-    stochastic: str | None
+    resnets: tuple[str, ...]  # Figs. 3, 5a, 5b and attribution (full: resnet56, resnet110)
+    plain: str | None  # Fig. 3's plain comparator (plain56)
+    paths: str  # Fig. 6 (resnet110, else the deepest of ``resnets``)
+    gradnorm: tuple[str, ...]  # gradient per depth, init and trained (resnet56, plain56)
+    stochastic: tuple[str, str] | None  # (constant, stochastic depth): Fig. 8 and Huang
+    zoo: tuple[str, ...]  # degradation: plain-n and resnet-n at every depth with both
+    notes: tuple[str, ...] = ()  # what fell back, said in run.json and the report
 
     @property
-    def residual(self) -> list[str]:
-        return [m for m in (self.resnet, self.stochastic) if m]
-
-    @property
-    def all(self) -> list[str]:
-        return [m for m in (self.resnet, self.stochastic, self.plain) if m]
+    def deletion(self) -> list[str]:
+        """Fig. 3 (and Fig. 8, Huang's Table 1): the ResNets, the SD pair, the plain net."""
+        names = [*self.resnets, *(self.stochastic or ()), *([self.plain] if self.plain else [])]
+        return list(dict.fromkeys(names))
 
 
 def _depth(name: str) -> int:
@@ -68,56 +116,97 @@ def _depth(name: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def plan(resnet: str | None = None, plain: str | None = None,
-         stochastic: str | None = None) -> Plan:
-    """Pick the deepest shipped ResNet, its stochastic-depth twin and the deepest plain net."""
-    names = checkpoint.bundled_names()
-    resnets = sorted((n for n in names if re.fullmatch(r"resnet\d+", n)), key=_depth)
-    plains = sorted((n for n in names if re.fullmatch(r"plain\d+", n)), key=_depth)
-    resnet = resnet or (resnets[-1] if resnets else None)
-    if resnet is None:
+def _family(names: list[str], prefix: str) -> list[str]:
+    return sorted((n for n in names if re.fullmatch(rf"{prefix}\d+", n)), key=_depth)
+
+
+def _resnets(names: list[str], quick: bool) -> tuple[str, ...]:
+    """Quick: the shallowest ResNet (resnet20). Full: resnet56 and resnet110 where bundled, the
+    deep ones of Veit et al.'s comparison; else the deepest there is."""
+    found = _family(names, "resnet")
+    if not found:
         raise UsageError(
             "no trained ResNet checkpoint is bundled: pass --resnet NAME with a bundled name, or "
-            "train one with python -m ablate.train and copy it into ablate/checkpoints"
-        )
-    if stochastic is None and f"{resnet}-sd" in names:
-        stochastic = f"{resnet}-sd"
+            "train one with python -m ablate.train and copy it into ablate/checkpoints")
+    if quick:
+        return (found[0],)
+    deep = [n for n in found if 56 <= _depth(n) <= 110]
+    return tuple(deep or found[-1:])
+
+
+def _twins(names: list[str], resnets: tuple[str, ...], stochastic: str | None
+           ) -> tuple[str, str] | None:
+    if stochastic is not None:
+        const = stochastic.removesuffix("-sd")
+        return (const if const in names else resnets[-1], stochastic)
+    for r in reversed(resnets):
+        if f"{r}-sd" in names:
+            return (r, f"{r}-sd")
+    return None
+
+
+def plan(resnet: Sequence[str] | None = None, plain: str | None = None,
+         stochastic: str | None = None, quick: bool = False) -> Plan:
+    """The parts for the bundled networks: what ``--resnet/--plain/--stochastic`` name, else
+    the defaults of :class:`Plan`; every fallback is written into ``notes``."""
+    names = checkpoint.bundled_names()
+    resnets = tuple(resnet) if resnet else _resnets(names, quick)
+    plains = _family(names, "plain")
     if plain is None and plains:
-        same = [p for p in plains if _depth(p) == _depth(resnet)]
-        plain = same[0] if same else plains[-1]
-    for n in (resnet, plain, stochastic):
-        if n is not None and checkpoint.bundled(n) is None:
+        plain = min(plains, key=lambda p: (abs(_depth(p) - _depth(resnets[0])), _depth(p)))
+    paths = "resnet110" if "resnet110" in resnets else max(resnets, key=_depth)
+    pair = _twins(names, resnets, stochastic)
+    zoo = [n for d in sorted({_depth(p) for p in plains}) if f"resnet{d}" in names
+           for n in (f"plain{d}", f"resnet{d}")]
+    notes = []
+    if paths != "resnet110":
+        notes.append(f"Fig. 6 (paths) runs on {paths}: resnet110 is not bundled or not chosen")
+    if pair is None:
+        notes.append("Fig. 8 and Huang et al.: no stochastic-depth twin (NAME-sd) of "
+                     f"{', '.join(resnets)} is bundled: not run")
+    p = Plan(resnets, plain, paths, (resnets[0], *([plain] if plain else [])), pair,
+             tuple(zoo), tuple(notes))
+    for n in dict.fromkeys([*p.deletion, *p.zoo]):
+        if checkpoint.bundled(n) is None:
             have = ", ".join(names) or "none"
             raise UsageError(f"{n} is not a bundled checkpoint (bundled: {have})")
-    return Plan(resnet, plain, stochastic)
+    return p
+
+
+def _logs(p: Plan) -> list[str]:
+    """The trainer logs of the plan's residual nets that ship one (Huang's Fig. 7 analogue)."""
+    names = dict.fromkeys([*(p.stochastic or ()), *p.resnets])
+    logs = [checkpoint.bundled_dir() / f"{m}.log.csv" for m in names]
+    return [str(f) for f in logs if f.exists()]
 
 
 def _steps(p: Plan, s: Settings, common: list[str], mass: float = 0.9
            ) -> list[tuple[str, str, list[str]]]:
     """(analysis, module, arguments) for every analysis."""
     lim = [] if s.limit is None else ["--limit", str(s.limit)]
-    n = _n_blocks(p.resnet)
-    ks = "all" if not s.path_stride else f"0-{n}:{max(1, n // s.path_stride)}"
+    sweep_lim = [] if s.sweep_limit is None else ["--limit", str(s.sweep_limit)]
+    n = _n_blocks(p.paths)
+    ks = "all" if not s.path_lengths else f"0-{n}:{max(1, n // s.path_lengths)}"
+    # Cheap steps first, so a run stopped early has their tables; the report keeps its order.
     steps = [
-        ("delete_block", "delete_block", ["--model", *p.all, *lim]),
-        ("drop_blocks", "drop_blocks", ["--model", *p.all, "--samples", str(s.drop_samples),
-                                        *lim]),
-        ("reorder_blocks", "reorder_blocks", ["--model", *p.residual, "--samples",
-                                              str(s.reorder_samples), "--max-swaps",
-                                              str(s.max_swaps), *lim]),
-        ("paths", "paths", ["--model", *p.residual, "--samples", str(s.path_samples),
+        ("degradation", "degradation", ["--model", *p.zoo, *lim]),
+        ("gradnorm", "gradnorm", ["--model", *p.gradnorm, "--states", "init", "trained",
+                                  "--limit", str(s.grad_images)]),
+        ("delete_block", "delete_block", ["--model", *p.deletion, *lim]),
+        ("paths", "paths", ["--model", p.paths, "--samples", str(s.path_samples),
                             "--limit", str(s.path_images), "--ks", ks, "--mass", str(mass)]),
-        ("gradnorm", "gradnorm", ["--model", *([p.resnet] + ([p.plain] if p.plain else [])),
-                                  "--states", "init", "trained", "--limit", str(s.grad_images)]),
-        ("attribution", "attribution", ["--model", *([p.resnet] + ([p.plain] if p.plain else [])),
-                                        "--limit", str(s.attribution_images), "--n-steps",
+        ("drop_blocks", "drop_blocks", ["--model", *p.resnets, "--samples", str(s.drop_samples),
+                                        *sweep_lim]),
+        ("reorder_blocks", "reorder_blocks", ["--model", *p.resnets, "--samples",
+                                              str(s.reorder_samples), "--max-swaps",
+                                              str(s.max_swaps), *sweep_lim]),
+        ("attribution", "attribution", ["--model", *p.resnets, "--limit",
+                                        str(s.attribution_images), "--n-steps",
                                         str(s.attribution_steps)]),
-    ]
-    logs = [checkpoint.bundled_dir() / f"{m}.log.csv" for m in p.residual]
-    logs = [str(f) for f in logs if f.exists()]
+    ][0 if p.zoo else 1:]
     out = [(a, mod, [*args, *common]) for a, mod, args in steps]
-    if logs:
-        out.append(("training_curves", "training_curves", [*logs]))
+    if _logs(p):
+        out.append(("training_curves", "training_curves", _logs(p)))
     return out
 
 
@@ -134,12 +223,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="reduced run (500 test images, fewer samples), said so in every output")
     ap.add_argument("--out", default=None, help="output folder (default: reproduction[-quick])")
-    ap.add_argument("--data", default=None, help="test data (default: bundled cifar10-jpeg test)")
+    ap.add_argument("--data", default=None,
+                    help="test data (default: the bundled pristine CIFAR-10 test split)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=non_negative, default=0)
-    ap.add_argument("--resnet", default=None, help="bundled ResNet (default: the deepest)")
-    ap.add_argument("--plain", default=None, help="bundled plain net (default: same depth)")
-    ap.add_argument("--stochastic", default=None, help="bundled stochastic-depth ResNet")
+    ap.add_argument("--resnet", nargs="+", default=None, metavar="NAME",
+                    help="bundled ResNets for Figs. 3, 5a, 5b and attribution (default: resnet56 "
+                         "and resnet110 where bundled; --quick: the shallowest)")
+    ap.add_argument("--plain", default=None, help="bundled plain net (default: the depth of the "
+                                                   "first ResNet)")
+    ap.add_argument("--stochastic", default=None,
+                    help="bundled stochastic-depth ResNet (default: NAME-sd of a ResNet, if any)")
     ap.add_argument("--mass", type=float, default=0.9,
                     help="gradient share of the effective path window (paths and the report; "
                          "the report also gives 90%% and 95%%)")
@@ -148,7 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     settings = QUICK if args.quick else FULL
     out = check_out(args.out or ("reproduction-quick" if args.quick else "reproduction"))
-    p = plan(args.resnet, args.plain, args.stochastic)
+    p = plan(args.resnet, args.plain, args.stochastic, quick=args.quick)
+    for line in p.notes:
+        print(f"plan: {line}", file=sys.stderr)
     common = ["--device", args.device, "--seed", str(args.seed)]
     if args.data:
         common += ["--data", args.data]
@@ -157,9 +253,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only and not set(args.only) <= known:
         bad = sorted(set(args.only) - known)
         raise UsageError(f"unknown analysis {bad[0]!r}: choose from {', '.join(sorted(known))}")
+    times = _run_steps(steps, out, args.only)
+    _write_run(out, args, argv, settings, p, times)
+    report = write_report(out)
+    print(f"\nreport: {report}", file=sys.stderr)
+    return 0
+
+
+def _run_steps(steps: list[tuple[str, str, list[str]]], out: Path, only: list[str] | None
+               ) -> dict[str, float]:
     times = {}
     for analysis, module, a in steps:
-        if args.only and analysis not in args.only:
+        if only and analysis not in only:
             continue
         dest = out / "results" / analysis
         print(f"\n== {analysis}: python -m ablate.{module} {' '.join(a)}", file=sys.stderr)
@@ -168,13 +273,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         times[analysis] = round(time.perf_counter() - t, 1)
         if code not in (0, None):
             raise UsageError(f"{analysis} stopped with status {code}; see the message above")
-    write_json(out / "run.json", {
-        "quick": args.quick, "settings": settings.__dict__, "plan": p.__dict__,
-        "wall_seconds": times, "argv": list(argv) if argv is not None else sys.argv[1:],
+    return times
+
+
+def _write_run(out: Path, args: argparse.Namespace, argv: Sequence[str] | None,
+               settings: Settings, p: Plan, times: dict[str, float]) -> None:
+    """run.json: the plan and settings, and each analysis' wall time, summed over the
+    invocations that ran it (a resumed run adds only what it measured)."""
+    f = out / "run.json"
+    old = json.loads(f.read_text()) if f.exists() else {}
+    total = dict(old.get("wall_seconds_total", old.get("wall_seconds", {})))
+    for k, v in times.items():
+        total[k] = round(total.get(k, 0.0) + v, 1)
+    write_json(f, {
+        "quick": args.quick, "settings": settings.__dict__, "plan": asdict(p),
+        "settings_why": {} if args.quick else WHY,
+        "wall_seconds": {**old.get("wall_seconds", {}), **times}, "wall_seconds_total": total,
+        "argv": list(argv) if argv is not None else sys.argv[1:],
     })
-    report = write_report(out)
-    print(f"\nreport: {report}", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from analyses import (
     attribution,
+    degradation,
     delete_block,
     drop_blocks,
     gradnorm,
@@ -43,6 +44,8 @@ EXPERIMENTS: tuple[Experiment, ...] = (
                gradnorm.run, gradnorm.KEY),
     Experiment("attribution", "Veit et al. 2016 (lesion) vs captum attributions",
                attribution.run, attribution.KEY),
+    Experiment("degradation", "He et al. 2015, Fig. 6 and Table 6 (degradation)",
+               degradation.run, degradation.KEY),
     Experiment("training_curves", "Huang et al. 2016, Fig. 7", training_curves.read_logs, None),
 )
 

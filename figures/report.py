@@ -15,7 +15,8 @@ from ablate.models import checkpoint
 from analyses import registry
 from figures import verdicts_lesion as lesion
 from figures import verdicts_paths as vpaths
-from figures.verdicts import Finding, pct, read
+from figures.verdicts import Finding, read
+from figures.verdicts_degradation import degradation
 from figures.verdicts_paths import HUANG_2016
 
 __all__ = ["SECTIONS", "Finding", "findings", "write_report"]
@@ -29,14 +30,22 @@ def _models() -> list[str]:
     rows = []
     for name in checkpoint.bundled_names():
         card = json.loads((checkpoint.bundled_dir() / f"{name}.json").read_text())
-        arch = card.get("arch", name)
+        arch, w = card.get("arch", name), card.get("weights") or {}
         paper = HE_2015.get(arch) if "-sd" not in name else (
             HUANG_2016["stochastic_110"] if arch == "resnet110" else None)
-        rows.append(f"| {name} | {card.get('dataset')} | {card.get('epochs')} | "
-                    f"{pct(card.get('final_test_error'))} | "
-                    f"{'' if paper is None else str(paper) + '%'} | {card.get('device')} |")
-    head = ("| checkpoint | data | epochs | our test error | paper (pristine CIFAR-10) "
-            "| hardware |\n|---|---|---|---|---|---|")
+        err = card.get("test_error", card.get("final_test_error"))
+        if w:  # a published checkpoint: who trained it and how
+            how = f"{w.get('source')} @ {w.get('commit')} ({w.get('recipe', '').split(',')[0]})"
+            trained, pub = how, w.get("published_error")
+        else:
+            trained = f"ablate.train, {card.get('epochs')} epochs on {card.get('device')}"
+            pub = None
+        rows.append(f"| {name} | {card.get('dataset')} | {trained} | "
+                    f"{'n/a' if err is None else f'{100 * err:.2f}%'} | "
+                    f"{'' if pub is None else f'{pub:.2f}%'} | "
+                    f"{'' if paper is None else str(paper) + '%'} |")
+    head = ("| checkpoint | data | trained by | our test error | its source's number | "
+            "paper (He et al. / Huang et al.) |\n|---|---|---|---|---|---|")
     return [head, *rows] if rows else ["No checkpoints are bundled."]
 
 
@@ -44,12 +53,54 @@ def _models() -> list[str]:
 SECTIONS = {"delete_block": lesion.delete_block, "drop_blocks": lesion.drop_blocks,
             "reorder_blocks": lesion.reorder_blocks, "paths": vpaths.paths,
             "gradnorm": vpaths.gradnorm, "training_curves": vpaths.stochastic_depth,
-            "attribution": vpaths.attribution}
+            "attribution": vpaths.attribution, "degradation": degradation}
 
 
 def findings(root: Path) -> list[Finding]:
+    return [f for _, f in _by_analysis(root)]
+
+
+def _by_analysis(root: Path) -> list[tuple[str, Finding]]:
     assert set(SECTIONS) == set(registry.names()), "one report section per experiment"
-    return [f for section in SECTIONS.values() for f in section(root)]
+    return [(a, f) for a, section in SECTIONS.items() for f in section(root)]
+
+
+def _measured(root: Path, analysis: str, run: dict) -> str:
+    """Where and how long: the analysis' images, device and wall time (summed over resumed
+    invocations), from its meta.json and run.json."""
+    _, meta = read(root, analysis)
+    if not meta:
+        return "-"
+    wall = run.get("wall_seconds_total", run.get("wall_seconds", {})).get(
+        analysis, meta.get("wall_seconds"))
+    n = meta.get("data", {}).get("n_images")
+    return (f"{'' if n is None else f'{n} images; '}{meta.get('device')}; "
+            f"{'n/a' if wall is None else f'{float(wall) / 60:.1f} min'}")
+
+
+def _sizes(run: dict) -> list[str]:
+    """The sample sizes of the run and, for the full run, why they are what they are."""
+    why, settings = run.get("settings_why") or {}, run.get("settings") or {}
+    if not settings:
+        return []
+    out = ["", "## Sample sizes", "", "| setting | value | why |", "|---|---|---|"]
+    for k, v in settings.items():
+        default = "reduced so that the quick run takes minutes" if run.get("quick") else "-"
+        out.append(f"| {k} | {'all' if v is None else v} | {why.get(k, default)} |")
+    return out
+
+
+def _plan(run: dict) -> list[str]:
+    p = run.get("plan") or {}
+    if "resnets" not in p:
+        return []
+    sd = p.get("stochastic")
+    parts = [f"Figs. 3, 5a, 5b and attribution: {', '.join(p['resnets'])}",
+             f"plain comparator: {p.get('plain')}", f"Fig. 6: {p.get('paths')}",
+             f"gradients per depth: {', '.join(p.get('gradnorm', []))}",
+             f"stochastic depth: {' vs '.join(sd) if sd else 'none bundled'}",
+             f"degradation: {', '.join(p.get('zoo', [])) or 'none'}"]
+    return ["- Plan: " + "; ".join(parts), *(f"- Plan note: {n}" for n in p.get("notes", []))]
 
 
 def write_report(root: str | Path) -> Path:
@@ -68,8 +119,10 @@ def write_report(root: str | Path) -> Path:
         + (" (**quick run: reduced images and samples**)" if run.get("quick") else ""),
         f"- Hardware: {m0.get('device')}; versions: torch {m0.get('versions', {}).get('torch')}",
         f"- Code: commit {m0.get('git_commit')}; generated {m0.get('utc')}",
-        "- Wall time per analysis (s): "
-        + ", ".join(f"{k} {v}" for k, v in run.get("wall_seconds", {}).items()),
+        "- Wall time per analysis (min, summed over resumed invocations): "
+        + ", ".join(f"{k} {float(v) / 60:.1f}" for k, v in run.get(
+            "wall_seconds_total", run.get("wall_seconds", {})).items()),
+        *_plan(run),
         "",
         *([("The data set is a JPEG (quality 75) copy of CIFAR-10: absolute errors are not "
             "comparable with the papers' pristine CIFAR-10 numbers; the findings are about shapes "
@@ -84,12 +137,13 @@ def write_report(root: str | Path) -> Path:
         "",
         "## Findings",
         "",
-        "| source | the paper | ours | verdict | criterion |",
-        "|---|---|---|---|---|",
+        "| source | the paper | ours | verdict | criterion | measured on |",
+        "|---|---|---|---|---|---|",
     ]
-    fs = findings(root)
-    for f in fs:
-        lines.append(f"| {f.section} | {f.claim} | {f.ours} | **{f.verdict}** | {f.criterion} |")
+    for a, f in _by_analysis(root):
+        lines.append(f"| {f.section} | {f.claim} | {f.ours} | **{f.verdict}** | {f.criterion} "
+                     f"| {_measured(root, a, run)} |")
+    lines += _sizes(run)
     figs = sorted(str(p.relative_to(root)) for p in root.glob("results/*/*.png"))
     if figs:
         lines += ["", "## Figures", ""] + [f"![{Path(p).stem}]({p})" for p in figs]

@@ -80,8 +80,11 @@ def twins(root: Path, models: list[str]) -> tuple[str, str] | None:
     stochastic depth), from the reproduction plan, else a NAME / NAME-sd pair in ``models``."""
     run = json.loads((root / "run.json").read_text()) if (root / "run.json").exists() else {}
     plan = run.get("plan", {})
-    if plan.get("resnet") and plan.get("stochastic"):
-        return plan["resnet"], plan["stochastic"]
+    sd = plan.get("stochastic")
+    if isinstance(sd, list) and len(sd) == 2:  # the plan's (constant, stochastic) pair
+        return sd[0], sd[1]
+    if plan.get("resnet") and sd:  # plans written before the pair was named
+        return plan["resnet"], sd
     for m in models:
         if f"{m}-sd" in models:
             return m, f"{m}-sd"

@@ -38,7 +38,11 @@ case "${1:?train|status|bench|reproduce}" in
     python3 benchmarks/train_speed.py --model resnet110 --data $DATA --device cuda \
       --out "$LOG/train_speed.json" 2>&1 | tee "$LOG/train_speed.log"
     python3 benchmarks/lesion_sweep.py --model resnet110 --device cuda --n-images 10000 \
-      --out "$LOG/lesion_sweep.json" 2>&1 | tee "$LOG/lesion_sweep.log" ;;
+      --out "$LOG/lesion_sweep.json" 2>&1 | tee "$LOG/lesion_sweep.log"
+    # Does bf16 autocast (opt-in, never used for reported numbers) change any error count?
+    python3 benchmarks/lesion_sweep.py --model resnet56 --checkpoint \
+      ablate/checkpoints/resnet56.safetensors --device cuda --n-images 10000 --amp bf16 \
+      --skip-naive --out "$LOG/lesion_sweep_bf16.json" 2>&1 | tee "$LOG/lesion_sweep_bf16.log" ;;
   reproduce)
     mkdir -p "$RUNS/zoo"
     for d in "$RUNS"/*/; do

@@ -3,6 +3,8 @@
 - ``models``: the bundled checkpoints' table, from their cards (``ablate/checkpoints/*.json``).
 - ``main-job``: the README's main job, from the run folder of ``python -m ablate.delete_block``
   (its ``results.csv`` and ``meta.json``: errors, the damage per block, the wall time).
+- ``gallery``: the verdicts and figures of ``reproduction/`` (the full run) once it has its
+  REPRODUCTION.md, else of ``reproduction-quick/``.
 
 Each block sits between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``. Usage:
 
@@ -65,6 +67,39 @@ def main_job(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def gallery(root: Path | None = None) -> str:
+    """Verdicts and figures of the full reproduction if there is one, else of the quick one."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from figures.report import findings
+
+    full = ROOT / "reproduction"
+    root = root or (full if (full / "REPRODUCTION.md").exists() else ROOT / "reproduction-quick")
+    run = json.loads((root / "run.json").read_text()) if (root / "run.json").exists() else {}
+    wall = run.get("wall_seconds_total") or run.get("wall_seconds") or {}
+    argv = " ".join(run.get("argv", []))
+    lines = [f"`python -m ablate.reproduce {argv}`".replace(" `", "`") + " wrote "
+             f"[`{root.name}/REPRODUCTION.md`]({root.name}/REPRODUCTION.md) "
+             f"({'quick run: reduced images and samples; ' if run.get('quick') else ''}"
+             f"{_duration(sum(map(float, wall.values())))} of wall time in all). Its verdicts, "
+             "each with its one-line criterion there:", "",
+             "| finding | verdict |", "|---|---|"]
+    lines += [f"| {f.section}: {f.ours.split(':')[0][:60]} | {f.verdict} |"
+              for f in findings(root)]
+    pngs = sorted(root.glob("results/*/*.png"))
+    lines += ["", "| | |", "|---|---|"]
+    for i in range(0, len(pngs), 2):
+        pair = pngs[i:i + 2]
+        lines.append("| " + " | ".join(f"**{p.stem}**<br>![{p.stem}]({p.relative_to(ROOT)})"
+                                       for p in pair) + (" | |" if len(pair) == 1 else " |"))
+    return "\n".join(lines)
+
+
 def fill(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
     if not pattern.search(text):
@@ -78,6 +113,7 @@ def main() -> None:
     args = ap.parse_args()
     readme = ROOT / "README.md"
     text = fill(readme.read_text(), "models", models_table())
+    text = fill(text, "gallery", gallery())
     if args.main_job:
         text = fill(text, "main-job", main_job(args.main_job))
     readme.write_text(text)

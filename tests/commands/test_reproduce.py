@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pandas as pd
@@ -32,7 +33,7 @@ def test_quick_reproduction_is_complete_and_idempotent(tmp_path, zoo, image_fold
     args = ["--quick", "--out", str(out), "--data", str(image_folder), "--device", "cpu"]
     assert reproduce.main(args) == 0
     analyses = ["delete_block", "drop_blocks", "reorder_blocks", "paths", "gradnorm", "attribution",
-                "training_curves"]
+                "degradation", "training_curves"]
     for a in analyses:
         d = out / "results" / a
         assert (d / "results.csv").stat().st_size > 0, a
@@ -41,7 +42,8 @@ def test_quick_reproduction_is_complete_and_idempotent(tmp_path, zoo, image_fold
     report = (out / "REPRODUCTION.md").read_text()
     assert "quick run" in report
     for section in ("Veit Fig. 3", "Veit Fig. 5a", "Veit Fig. 5b", "Veit Fig. 6a",
-                    "Veit Fig. 6b-c", "Huang et al.", "Attribution vs lesion"):
+                    "Veit Fig. 6b-c", "Huang et al.", "Attribution vs lesion", "He et al. Fig. 6",
+                    "- Plan: ", "measured on"):
         assert section in report, section
     assert "resnet20" in report and "plain20" in report
 
@@ -58,8 +60,15 @@ def test_quick_reproduction_is_complete_and_idempotent(tmp_path, zoo, image_fold
 
     monkeypatch.setattr(sweep_module, "evaluate_variants", spy)
     before = {a: pd.read_csv(out / "results" / a / "results.csv") for a in analyses[:3]}
+    first = json.loads((out / "run.json").read_text())
     assert reproduce.main(args) == 0
     assert calls == []
+    run = json.loads((out / "run.json").read_text())
+    assert run["plan"]["resnets"] == ["resnet20"] and run["plan"]["plain"] == "plain20"
+    assert set(run["wall_seconds_total"]) == set(analyses)
+    for a in analyses:  # wall time sums over invocations
+        assert run["wall_seconds_total"][a] == pytest.approx(
+            first["wall_seconds_total"][a] + run["wall_seconds"][a], abs=0.11)
     for a, df in before.items():
         pd.testing.assert_frame_equal(pd.read_csv(out / "results" / a / "results.csv"), df)
 
@@ -70,3 +79,46 @@ def test_no_bundled_resnet_is_a_usage_error(tmp_path, monkeypatch, capsys):
         reproduce.main(["--quick", "--out", str(tmp_path / "o")])
     assert e.value.code == 2
     assert "no trained ResNet checkpoint is bundled" in capsys.readouterr().err
+
+
+def _bundle(tmp_path, monkeypatch, names):
+    d = tmp_path / "bundle"
+    d.mkdir()
+    for n in names:
+        (d / f"{n}.safetensors").write_bytes(b"")
+    monkeypatch.setenv("ABLATE_CHECKPOINTS", str(d))
+
+
+ZOO = ["plain20", "plain32", "plain44", "plain56", "resnet20", "resnet32", "resnet44", "resnet56"]
+
+
+def test_plan_today_resnet56_with_paths_fallback(tmp_path, monkeypatch):
+    _bundle(tmp_path, monkeypatch, ZOO)
+    p = reproduce.plan()
+    assert p.resnets == ("resnet56",) and p.plain == "plain56" and p.paths == "resnet56"
+    assert p.deletion == ["resnet56", "plain56"] and p.gradnorm == ("resnet56", "plain56")
+    assert p.stochastic is None and p.zoo == tuple(
+        n for d in (20, 32, 44, 56) for n in (f"plain{d}", f"resnet{d}"))
+    assert any("Fig. 6 (paths) runs on resnet56" in n for n in p.notes)
+    q = reproduce.plan(quick=True)
+    assert q.resnets == ("resnet20",) and q.plain == "plain20" and q.gradnorm == (
+        "resnet20", "plain20")
+
+
+def test_plan_picks_up_resnet110_and_its_sd_twin(tmp_path, monkeypatch):
+    _bundle(tmp_path, monkeypatch, [*ZOO, "resnet110", "resnet110-sd"])
+    p = reproduce.plan()
+    assert p.resnets == ("resnet56", "resnet110") and p.paths == "resnet110"
+    assert p.stochastic == ("resnet110", "resnet110-sd") and p.plain == "plain56"
+    assert p.deletion == ["resnet56", "resnet110", "resnet110-sd", "plain56"]
+    assert not p.notes
+    assert reproduce.plan(["resnet56"], stochastic="resnet110-sd").deletion == [
+        "resnet56", "resnet110", "resnet110-sd", "plain56"]
+
+
+def test_plan_refuses_names_not_bundled(tmp_path, monkeypatch, capsys):
+    _bundle(tmp_path, monkeypatch, ZOO)
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["--resnet", "resnet110", "--out", str(tmp_path / "o")])
+    assert e.value.code == 2
+    assert "resnet110 is not a bundled checkpoint" in capsys.readouterr().err

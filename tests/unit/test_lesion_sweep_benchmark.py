@@ -1,0 +1,24 @@
+"""benchmarks/lesion_sweep.py in one run on a tiny net: engine vs naive, and the bf16 check."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "lesion_sweep.py"
+
+
+def test_one_run_reports_ratio_agreement_and_bf16(tmp_path, cifar_batches, tiny_checkpoints):
+    spec = importlib.util.spec_from_file_location("lesion_sweep", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "r.json"
+    assert bench.main(["--model", "resnet20", "--checkpoint", str(tiny_checkpoints["resnet20"]),
+                       "--data", str(cifar_batches), "--n-images", "12", "--batch-size", "6",
+                       "--device", "cpu", "--amp", "bf16", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["deletions"] == 9 and r["n_images"] == 12 and r["errors_agree"] is True
+    assert r["speedup"] > 0 and r["engine_s"] > 0 and r["naive_s"] > 0
+    assert {"bf16_native", "bf16_errors_agree_with_fp32", "bf16_deletions_with_changed_count",
+            "intact_errors_fp32", "intact_errors_bf16"} <= set(r)
