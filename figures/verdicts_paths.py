@@ -163,7 +163,7 @@ def stochastic_depth(root: Path) -> list[Finding]:
             f"{HUANG_2016['constant_110']}% -> {HUANG_2016['stochastic_110']}%), trains about "
             "25% faster and keeps stronger gradients.",
             "no stochastic-depth checkpoint is bundled yet", "not run",
-            "needs resnet110-sd trained on the GPU")]
+            "needs the resnet110 / resnet110-sd pair (python -m ablate.train, bundled)")]
     const, sd = pair
     cards = {m: checkpoint.load(m).card for m in pair}
     return [_table1(root, cards, const, sd), time_saving(cards, const, sd),
