@@ -23,7 +23,7 @@ from analyses import delete_block, registry
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     p = cli.parser(__doc__.splitlines()[0], default_models=("resnet56", "plain56"),
-                   demo_limit=1000)
+                   demo_limit=2000)
     p.add_argument("--blocks", default="all", help="units to delete: all, or e.g. 0,3,5-9")
     args = p.parse_args(argv)
     loaded = cli.load_models(args)

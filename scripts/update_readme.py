@@ -53,17 +53,21 @@ def models_table() -> str:
 def main_job(folder: Path) -> str:
     df = pd.read_csv(folder / "results.csv")
     meta = json.loads((folder / "meta.json").read_text())
-    seconds = meta.get("wall_seconds") or meta.get("environment", {}).get("wall_seconds")
-    n = int(df.n_images.iloc[0]) if "n_images" in df else meta.get("data", {}).get("n_images")
-    lines = [f"Measured by the command above on {n} images "
-             f"({meta.get('environment', {}).get('device', 'cpu')}; "
-             f"wall time {seconds / 60:.1f} min including setup):", ""]
-    lines += ["| model | intact error | median error, one unit deleted | worst unit | its error |",
-              "|---|---|---|---|---|"]
+    n = meta["data"]["n_images"]
+    lines = [f"Measured by the command above ({n} images of `{meta['data']['name']}`; "
+             f"{meta['device']}; {meta['wall_seconds'] / 60:.1f} min of wall time):",
+             "",
+             "| model | intact error | median error, one unit deleted | non-downsampling units: "
+             "median change | downsampling units: change | worst unit |",
+             "|---|---|---|---|---|---|"]
     for model, d in df.groupby("model", sort=False):
         worst = d.loc[d.error.idxmax()]
-        lines.append(f"| {model} | {d.intact_error.iloc[0]:.1%} | {d.error.median():.1%} | "
-                     f"{worst.block_name} | {worst.error:.1%} |")
+        down = d[d.downsample.astype(bool)]
+        rest = d[~d.downsample.astype(bool)]
+        downs = ", ".join(f"{r.block_name} {100 * r.error_change:+.1f}" for r in down.itertuples())
+        lines.append(f"| {model} | {d.intact_error.iloc[0]:.2%} | {d.error.median():.2%} | "
+                     f"{100 * rest.error_change.median():+.2f} points | {downs or '-'} | "
+                     f"{worst.block_name}: {worst.error:.1%} |")
     return "\n".join(lines)
 
 

@@ -104,7 +104,7 @@ def test_bundled_default_data(tmp_path, tiny_checkpoints, capsys):
     assert meta["data"]["name"] == "cifar10" and meta["models"][0]["weights_source"]
 
 
-def test_no_argument_demo_is_resnet56_against_plain56_on_1000_images(monkeypatch, capsys):
+def test_no_argument_demo_is_resnet56_against_plain56_on_2000_images(monkeypatch, capsys):
     """The README's main job: its defaults, without running the sweep."""
     from ablate import _cli
 
@@ -119,8 +119,8 @@ def test_no_argument_demo_is_resnet56_against_plain56_on_1000_images(monkeypatch
     monkeypatch.setattr(_cli, "load_data", stop)
     with pytest.raises(SystemExit):
         main([])
-    assert seen["models"] == ["resnet56", "plain56"] and len(seen["ds"]) == 1000
-    assert "first 1000 images (100 per class)" in capsys.readouterr().err
+    assert seen["models"] == ["resnet56", "plain56"] and len(seen["ds"]) == 2000
+    assert "first 2000 images (200 per class)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
