@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The GPU work of issues 3-5, for the device machine (H100/H200, torch 2.11, no captum, no
-# internet). Prepare here once:
-#   mkdir -p .data .whl && cp ../shared/data/cifar10-jpeg.tar.gz .data/
+# The GPU work (issues 12, 13), for the device machine (H100/H200, torch 2.11, no captum, no
+# internet). Every reported number uses pristine CIFAR-10, whose archive (135 MB) is larger than
+# one call may carry (64 MiB): send it in three parts over successive calls of one warm machine.
+# Prepare here once:
+#   mkdir -p .whl .data && split -b 45M -d ../shared/data/cifar10-png.tar.gz .data/part.
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl captum==0.9.0
-# then call the device with carry [".data", ".whl", "runs"] and a command such as
-#   bash scripts/gpu.sh train      # starts all six trainings in the background (setsid)
+# then, carrying one part at a time in .data (move the other parts aside between calls):
+#   bash scripts/gpu.sh receive    # keeps the carried part in /tmp; joins and checks all three
+# and call the device with carry [".whl", "runs"] and a command such as
+#   bash scripts/gpu.sh train      # resnet110 and resnet110-sd, full recipe, in the background
 #   bash scripts/gpu.sh status     # one line per run: the last epoch logged
 #   bash scripts/gpu.sh bench      # trainer vs DataLoader baseline; batched vs naive lesion sweep
 #   bash scripts/gpu.sh reproduce  # the full reproduction on the checkpoints in runs/gpu
@@ -14,15 +18,22 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:/tmp/site"
 [ -d /tmp/site ] || { [ -d .whl ] && python3 -m pip install -q --no-index --no-deps \
   --no-compile --target /tmp/site .whl/*.whl; }
-DATA=.data/cifar10-jpeg.tar.gz
+DATA=/tmp/cifar10-png.tar.gz
+SHA=f417c1a81cd26a023e7b4d1bb409bedf34c87c8d92944ddac42aaf7e363c6f21
 RUNS=runs/gpu
 LOG=${OUT:-$RUNS}
 mkdir -p "$RUNS" "$LOG"
-case "${1:?train|status|bench|reproduce}" in
+case "${1:?receive|train|status|bench|reproduce}" in
+  receive)
+    mkdir -p /tmp/cifar10-parts && cp .data/part.* /tmp/cifar10-parts/
+    ls /tmp/cifar10-parts
+    if [ "$(ls /tmp/cifar10-parts | wc -l)" -ge 3 ]; then
+      cat /tmp/cifar10-parts/part.* > "$DATA"
+      echo "$SHA  $DATA" | sha256sum -c -
+    fi ;;
   train)
     # Several runs share one GPU; resnet110 and its stochastic-depth twin come first.
-    for spec in "resnet110" "resnet110 --stochastic-depth linear:0.5" "resnet56" "resnet20" \
-                "plain56" "plain20"; do
+    for spec in "resnet110" "resnet110 --stochastic-depth linear:0.5"; do
       set -- $spec
       name=$1; [ $# -gt 1 ] && name="$1-sd"
       setsid nohup python3 -m ablate.train --model $spec --data $DATA --device cuda \
