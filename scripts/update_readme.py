@@ -40,12 +40,16 @@ def models_table() -> str:
                     f"{err:.2%} | {w['published_error']:.2f}% | {w['recipe'].split(', SGD')[0]} |")
     out = "\n".join(rows)
     if own:
-        lines = ["| name | network | test error, pristine CIFAR-10 | epochs | trained on |",
-                 "|---|---|---|---|---|"]
+        lines = ["| name | network | test error, pristine CIFAR-10 (fp32) | epochs | "
+                 "trained on (2-core CPUs) | wall time |", "|---|---|---|---|---|---|"]
         for c in own:
-            lines.append(f"| `{c['name']}` | {c['arch']} | {c['final_test_error']:.2%} | "
-                         f"{c['epochs']} ({c['recipe']['schedule']}) | "
-                         f"{c.get('device', '?')}, {c['train_seconds'] / 3600:.1f} h |")
+            where = "; ".join(f"{r['device']}, epochs {r['epochs']}, "
+                              f"{'bf16' if r['amp'] == 'bf16' else 'fp32'}"
+                              for r in c.get("precision_by_epochs") or []) or c.get("device", "?")
+            sd = " + stochastic depth (linear, p_L 0.5)" if c.get("stochastic_depth") else ""
+            lines.append(f"| `{c['name']}` | {c['arch']}{sd} | {c['final_test_error']:.2%} | "
+                         f"{c['epochs']} ({c['recipe']['schedule']}) | {where} | "
+                         f"{c['train_seconds'] / 3600:.1f} h |")
         out += "\n\nTrained by ablate (`python -m ablate.train`):\n\n" + "\n".join(lines)
     return out
 

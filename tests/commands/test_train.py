@@ -159,6 +159,22 @@ def test_training_lowers_loss_and_writes_checkpoint_card_log(tmp_path):
     assert (tmp_path / "run" / "resnet20.log.csv").exists()
 
 
+def test_bf16_training_reports_fp32_test_error(tmp_path):
+    """Autocast is for training steps: test passes and the card's final error are fp32."""
+    from ablate.measures import evaluate
+
+    test = synthetic(64, "test", 1)
+    w = train(tiny(tmp_path / "run", epochs=1, amp="bf16"), train_data=synthetic(64, "train"),
+              test_data=test)
+    card = json.loads(w.with_suffix(".json").read_text())
+    net = checkpoint.load(checkpoint=w).model
+    fp32 = evaluate(net, test.images, test.labels, mean=D.CIFAR10_MEAN, std=D.CIFAR10_STD).error
+    assert card["final_test_error"] == pytest.approx(fp32, abs=1e-9)
+    assert card["precision_by_epochs"][0]["amp"] == "bf16"
+    assert any(d.startswith("bf16 autocast instead of fp32 for training steps (epochs 1-1)")
+               for d in card["deviations"])
+
+
 def test_resume_is_bitwise_and_card_round_trips(tmp_path):
     tr, te = synthetic(64, "train"), synthetic(32, "test", 1)
     kw = {"stochastic_depth": "linear:0.5", "epochs": 2, "batch_size": 16}
