@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+import transformers
 
-transformers = pytest.importorskip("transformers")
-from ablate import lm_delete  # noqa: E402
+from ablate import lm_delete
 
 
 @pytest.fixture(scope="module")

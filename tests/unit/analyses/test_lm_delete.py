@@ -9,10 +9,8 @@ import torch
 
 from ablate._infra.errors import UsageError
 from ablate.interventions import delete
-
-transformers = pytest.importorskip("transformers")
-from analyses import lm_delete  # noqa: E402
-from tests.unit.models.test_transformers import inputs, make  # noqa: E402
+from analyses import lm_delete
+from tests.unit.models.test_transformers import inputs, make
 
 
 def test_lm_sweep_rows_and_tokens():

@@ -8,9 +8,7 @@ import pytest
 from ablate.interventions import delete
 from ablate.measures.redundancy import rank_correlation, redundancy
 from ablate.measures.stats import holm, paired_bootstrap
-
-transformers = pytest.importorskip("transformers")
-from tests.unit.models.test_transformers import inputs, make  # noqa: E402
+from tests.unit.models.test_transformers import inputs, make
 
 
 @pytest.mark.parametrize("name", ["tv_vit", "gpt2"])

@@ -6,17 +6,16 @@ from __future__ import annotations
 import copy
 
 import pytest
+import timm
 import torch
 import torchvision
+import transformers
 from torch import nn
 
 from ablate._infra.errors import UsageError
 from ablate.interventions import delete, drop, linear, reorder, scale
 from ablate.interventions.structural import delete_window, repeat, run
 from ablate.models.blocks import blocks
-
-timm = pytest.importorskip("timm")
-transformers = pytest.importorskip("transformers")
 
 V = 64  # LM vocabulary
 
