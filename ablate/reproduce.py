@@ -4,10 +4,10 @@
     python -m ablate.reproduce --device cpu     # the full run (hours: scripts/reproduce_cpu.sh)
 
 The full plan (:func:`plan`) follows whatever is bundled: Veit Figs. 3, 5a, 5b and attribution on
-resnet56 and resnet110, Fig. 3 against plain56; Fig. 6 on resnet110 (resnet56 until it ships, said
-so in run.json and the report); Fig. 8 and Huang et al. on resnet110 against resnet110-sd once
-both ship; gradients per depth on resnet56 and plain56; He et al.'s degradation on every depth
-with both a plain net and a ResNet.
+resnet56 and resnet110, Fig. 3 against plain56; Figs. 3, 5a and 5b on a bundled ViT (vit_cifar);
+Fig. 6 on resnet110 (resnet56 until it ships, said so in run.json and the report); Fig. 8 and
+Huang et al. on resnet110 against resnet110-sd once both ship; gradients per depth on resnet56 and
+plain56; He et al.'s degradation on every depth with both a plain net and a ResNet.
 
 Writes ``OUT/results/<analysis>/`` (results.csv, meta.json, figures, PDF and PNG) for each
 analysis, ``OUT/run.json`` (plan, sample sizes and why, wall times summed over invocations), then
@@ -23,7 +23,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -103,12 +103,20 @@ class Plan:
     stochastic: tuple[str, str] | None  # (constant, stochastic depth): Fig. 8 and Huang
     zoo: tuple[str, ...]  # degradation: plain-n and resnet-n at every depth with both
     notes: tuple[str, ...] = ()  # what fell back, said in run.json and the report
+    vits: tuple[str, ...] = ()  # Figs. 3, 5a, 5b on vision transformers (vit_cifar, bundled)
 
     @property
     def deletion(self) -> list[str]:
-        """Fig. 3 (and Fig. 8, Huang's Table 1): the ResNets, the SD pair, the plain net."""
-        names = [*self.resnets, *(self.stochastic or ()), *([self.plain] if self.plain else [])]
+        """Fig. 3 (and Fig. 8, Huang's Table 1): the ResNets, the SD pair, the plain net, the
+        ViTs."""
+        names = [*self.resnets, *(self.stochastic or ()), *([self.plain] if self.plain else []),
+                 *self.vits]
         return list(dict.fromkeys(names))
+
+    @property
+    def sweeps(self) -> list[str]:
+        """Figs. 5a and 5b: the ResNets and the ViTs."""
+        return [*self.resnets, *self.vits]
 
 
 def _depth(name: str) -> int:
@@ -146,10 +154,13 @@ def _twins(names: list[str], resnets: tuple[str, ...], stochastic: str | None
 
 
 def plan(resnet: Sequence[str] | None = None, plain: str | None = None,
-         stochastic: str | None = None, quick: bool = False) -> Plan:
-    """The parts for the bundled networks: what ``--resnet/--plain/--stochastic`` name, else
-    the defaults of :class:`Plan`; every fallback is written into ``notes``."""
+         stochastic: str | None = None, quick: bool = False,
+         vit: Sequence[str] | None = None) -> Plan:
+    """The parts for the bundled networks: what ``--resnet/--plain/--stochastic/--vit`` name,
+    else the defaults of :class:`Plan`; every fallback is written into ``notes``."""
     names = checkpoint.bundled_names()
+    vits = tuple(vit) if vit is not None else (
+        () if quick else tuple(n for n in names if n.startswith("vit")))
     resnets = tuple(resnet) if resnet else _resnets(names, quick)
     plains = _family(names, "plain")
     if plain is None and plains:
@@ -165,7 +176,7 @@ def plan(resnet: Sequence[str] | None = None, plain: str | None = None,
         notes.append("Fig. 8 and Huang et al.: no stochastic-depth twin (NAME-sd) of "
                      f"{', '.join(resnets)} is bundled: not run")
     p = Plan(resnets, plain, paths, (resnets[0], *([plain] if plain else [])), pair,
-             tuple(zoo), tuple(notes))
+             tuple(zoo), tuple(notes), vits)
     for n in dict.fromkeys([*p.deletion, *p.zoo]):
         if checkpoint.bundled(n) is None:
             have = ", ".join(names) or "none"
@@ -195,9 +206,9 @@ def _steps(p: Plan, s: Settings, common: list[str], mass: float = 0.9
         ("delete_block", "delete_block", ["--model", *p.deletion, *lim]),
         ("paths", "paths", ["--model", p.paths, "--samples", str(s.path_samples),
                             "--limit", str(s.path_images), "--ks", ks, "--mass", str(mass)]),
-        ("drop_blocks", "drop_blocks", ["--model", *p.resnets, "--samples", str(s.drop_samples),
+        ("drop_blocks", "drop_blocks", ["--model", *p.sweeps, "--samples", str(s.drop_samples),
                                         *sweep_lim]),
-        ("reorder_blocks", "reorder_blocks", ["--model", *p.resnets, "--samples",
+        ("reorder_blocks", "reorder_blocks", ["--model", *p.sweeps, "--samples",
                                               str(s.reorder_samples), "--max-swaps",
                                               str(s.max_swaps), *sweep_lim]),
         ("attribution", "attribution", ["--model", *p.resnets, "--limit",
@@ -234,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                    "first ResNet)")
     ap.add_argument("--stochastic", default=None,
                     help="bundled stochastic-depth ResNet (default: NAME-sd of a ResNet, if any)")
+    ap.add_argument("--vit", nargs="*", default=None, metavar="NAME",
+                    help="bundled vision transformers for Figs. 3, 5a and 5b beside the ResNets "
+                         "(default: every bundled vit*; none with --quick; --vit alone: none)")
     ap.add_argument("--mass", type=float, default=0.9,
                     help="gradient share of the effective path window (paths and the report; "
                          "the report also gives 90%% and 95%%)")
@@ -242,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     settings = QUICK if args.quick else FULL
     out = check_out(args.out or ("reproduction-quick" if args.quick else "reproduction"))
-    p = plan(args.resnet, args.plain, args.stochastic, quick=args.quick)
+    p = plan(args.resnet, args.plain, args.stochastic, quick=args.quick, vit=args.vit)
     for line in p.notes:
         print(f"plan: {line}", file=sys.stderr)
     common = ["--device", args.device, "--seed", str(args.seed)]
@@ -253,16 +267,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only and not set(args.only) <= known:
         bad = sorted(set(args.only) - known)
         raise UsageError(f"unknown analysis {bad[0]!r}: choose from {', '.join(sorted(known))}")
-    times = _run_steps(steps, out, args.only)
-    _write_run(out, args, argv, settings, p, times)
+    _write_run(out, args, argv, settings, p, {})
+    for analysis, t in _run_steps(steps, out, args.only):
+        _write_run(out, args, argv, settings, p, {analysis: t})  # a stop keeps finished steps
     report = write_report(out)
     print(f"\nreport: {report}", file=sys.stderr)
     return 0
 
 
 def _run_steps(steps: list[tuple[str, str, list[str]]], out: Path, only: list[str] | None
-               ) -> dict[str, float]:
-    times = {}
+               ) -> Iterator[tuple[str, float]]:
+    """Run each analysis in turn; yield its name and wall seconds as it finishes."""
     for analysis, module, a in steps:
         if only and analysis not in only:
             continue
@@ -270,10 +285,9 @@ def _run_steps(steps: list[tuple[str, str, list[str]]], out: Path, only: list[st
         print(f"\n== {analysis}: python -m ablate.{module} {' '.join(a)}", file=sys.stderr)
         t = time.perf_counter()
         code = commands()[module]([*a, "--out", str(dest)])
-        times[analysis] = round(time.perf_counter() - t, 1)
         if code not in (0, None):
             raise UsageError(f"{analysis} stopped with status {code}; see the message above")
-    return times
+        yield analysis, round(time.perf_counter() - t, 1)
 
 
 def _write_run(out: Path, args: argparse.Namespace, argv: Sequence[str] | None,

@@ -6,6 +6,7 @@
 #   bash scripts/reproduce_cpu.sh --only degradation gradnorm   # some steps (any reproduce flags)
 #   bash scripts/reproduce_cpu.sh status       # running or not, the last lines of the log
 #   bash scripts/reproduce_cpu.sh stop         # stop it; every finished row is kept
+#   NICE=19 OMP_NUM_THREADS=1 bash scripts/reproduce_cpu.sh   # beside a training: take what it leaves
 #
 # Resuming: every step appends its rows to reproduction/results/<step>/results.csv as they are
 # measured (a group of conditions at a time) and a rerun measures only the missing keys (same
@@ -53,7 +54,8 @@ case "${1:-start}" in
     [ "${1:-start}" = start ] && shift $(( $# > 0 ? 1 : 0 ))
     if running; then echo "already running (pid $(cat "$PID"))"; exit 0; fi
     export PYTHONUNBUFFERED=1
-    setsid nohup nice -n 10 "$PY" -m ablate.reproduce --device cpu --out "$OUT" "$@" \
+    setsid nohup bash scripts/lowprio.sh "${NICE:-10}" \
+      "$PY" -m ablate.reproduce --device cpu --out "$OUT" "$@" \
       >> "$LOG" 2>&1 < /dev/null &
     echo $! > "$PID"
     echo "started (pid $!): log $LOG, results $OUT/" ;;

@@ -17,7 +17,7 @@ OUT=${OUT:-$HOME/ablate-runs/vit_cifar}
 THREADS=${THREADS:-1}
 mkdir -p "$(dirname "$OUT")"
 RESUME=$([ -f "$OUT/last.pt" ] && echo --resume || true)
-OMP_NUM_THREADS=$THREADS PYTHONUNBUFFERED=1 setsid nohup nice -n 10 \
+OMP_NUM_THREADS=$THREADS PYTHONUNBUFFERED=1 setsid nohup bash scripts/lowprio.sh 10 \
   "$PYTHON" -m ablate.train --model vit_cifar --data "$DATA" --amp bf16 --no-channels-last \
   --seed 0 --out "$OUT" --no-progress $RESUME >> "$OUT.log" 2>&1 < /dev/null &
 echo "vit_cifar training in the background (pid $!), log $OUT.log"

@@ -116,9 +116,48 @@ def test_plan_picks_up_resnet110_and_its_sd_twin(tmp_path, monkeypatch):
         "resnet56", "resnet110", "resnet110-sd", "plain56"]
 
 
+def test_plan_puts_a_bundled_vit_beside_the_resnets_in_figs_3_5a_5b(tmp_path, monkeypatch):
+    _bundle(tmp_path, monkeypatch, [*ZOO, "resnet110", "vit_cifar"])
+    p = reproduce.plan()
+    assert p.vits == ("vit_cifar",)
+    assert p.deletion == ["resnet56", "resnet110", "plain56", "vit_cifar"]
+    assert p.sweeps == ["resnet56", "resnet110", "vit_cifar"]
+    assert "vit_cifar" not in (*p.gradnorm, p.paths, *p.zoo)
+    assert reproduce.plan(quick=True).vits == () and reproduce.plan(vit=[]).vits == ()
+    monkeypatch.setattr(reproduce, "_n_blocks", lambda name: 54)
+    steps = {a: args for a, _, args in reproduce._steps(p, reproduce.QUICK, [])}
+    for a in ("delete_block", "drop_blocks", "reorder_blocks"):
+        assert "vit_cifar" in steps[a], a
+    assert "vit_cifar" not in steps["attribution"] + steps["paths"]
+
+
 def test_plan_refuses_names_not_bundled(tmp_path, monkeypatch, capsys):
     _bundle(tmp_path, monkeypatch, ZOO)
     with pytest.raises(SystemExit) as e:
         reproduce.main(["--resnet", "resnet110", "--out", str(tmp_path / "o")])
     assert e.value.code == 2
     assert "resnet110 is not a bundled checkpoint" in capsys.readouterr().err
+
+
+def test_a_stopped_run_keeps_the_wall_time_of_finished_steps(tmp_path, zoo, monkeypatch):
+    """A session that ends mid-run (kill, end of a session) keeps run.json for what finished."""
+    ran = []
+
+    def fake(module):
+        def command(argv):
+            if module == "delete_block":
+                raise KeyboardInterrupt  # the stop, in the middle of the third step
+            ran.append(module)
+            return 0
+        return command
+
+    monkeypatch.setattr(reproduce, "commands", lambda: {m: fake(m) for m in (
+        "degradation", "gradnorm", "delete_block", "paths", "drop_blocks", "reorder_blocks",
+        "attribution", "training_curves")})
+    out = tmp_path / "repro"
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(["--quick", "--out", str(out), "--device", "cpu"])
+    assert stop.value.code == 130
+    assert ran == ["degradation", "gradnorm"]
+    run = json.loads((out / "run.json").read_text())
+    assert set(run["wall_seconds_total"]) == {"degradation", "gradnorm"}
