@@ -5,6 +5,8 @@
   (its ``results.csv`` and ``meta.json``: errors, the damage per block, the wall time).
 - ``gallery``: the verdicts and figures of ``reproduction/`` (the full run) once it has its
   REPRODUCTION.md, else of ``reproduction-quick/``.
+- ``benchmarks``: one line per ``benchmarks/*.json`` written by ``benchmarks/train_speed.py`` or
+  ``benchmarks/lesion_sweep.py``.
 
 Each block sits between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``. Usage:
 
@@ -75,6 +77,47 @@ def main_job(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def _train_speed(r: dict) -> str:
+    line = (f"training steps of {r['model']}, batch {r['batch_size']}, {r['steps']} steps after "
+            f"{r['warmup_steps']} ({r['device']}, torch {r['torch']}): ablate's trainer "
+            f"{r['ours_images_per_s']:.0f} images/s ({r['precision_choice']})")
+    if r.get("baseline_images_per_s"):
+        line += (f" against {r['baseline_images_per_s']:.0f} for a torchvision DataLoader loop "
+                 f"in fp32 ({r['baseline_workers']} workers): {r['ratio']:.2f}x")
+    if r.get("sd_images_per_s"):
+        line += (f"; its stochastic-depth twin (linear to 0.5) {r['sd_images_per_s']:.0f} "
+                 f"images/s, {r['sd_time_saving']:.0%} less time per step (Huang et al.: about "
+                 "25%: the expected share of the L blocks skipped is (L + 1) / 4L)")
+    return line
+
+
+def _lesion_sweep(r: dict) -> str:
+    line = (f"every single-block deletion of {r['model']} ({r['deletions']} deletions x "
+            f"{r['n_images']:,} images, {r['device']}, torch {r['torch']}): batched engine "
+            f"{r['engine_s']:.1f} s")
+    if "naive_s" in r:
+        line += (f" against {r['naive_s']:.1f} s for one pass per deletion, {r['speedup']:.2f}x; "
+                 f"error counts {'identical' if r['errors_agree'] else 'DIFFERENT'}")
+    if "engine_bf16_s" in r:
+        line += (f"; under bf16 autocast (opt-in{', native' if r['bf16_native'] else ''}) "
+                 f"{r['engine_bf16_s']:.1f} s, intact errors {r['intact_errors_bf16']} against "
+                 f"{r['intact_errors_fp32']} in fp32, {r['bf16_deletions_with_changed_count']} "
+                 f"of {r['deletions']} deletions' error counts changed (at most by "
+                 f"{r['bf16_error_count_max_diff']})")
+    return line
+
+
+def benchmarks() -> str:
+    lines = []
+    for path in sorted((ROOT / "benchmarks").glob("*.json")):
+        r = json.loads(path.read_text())
+        text = _train_speed(r) if "ours_images_per_s" in r else (
+            _lesion_sweep(r) if "engine_s" in r else None)
+        if text:
+            lines.append(f"- {text} ([`{path.name}`](benchmarks/{path.name})).")
+    return "\n".join(lines) or "No benchmark results are committed yet."
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
@@ -122,6 +165,7 @@ def main() -> None:
     readme = ROOT / "README.md"
     text = fill(readme.read_text(), "models", models_table())
     text = fill(text, "gallery", gallery())
+    text = fill(text, "benchmarks", benchmarks())
     if args.main_job:
         text = fill(text, "main-job", main_job(args.main_job))
     readme.write_text(text)
