@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="default: on (GPU and CPU)")
+                   help="default: on for convolutional nets, off for vit_cifar")
     p.add_argument("--amp", choices=("bf16", "off"),
                    help="bf16 autocast for training steps; default: bf16 on a GPU and on a CPU "
                         "with native bf16 (AVX512-BF16/AMX), else off (fp32)")

@@ -6,9 +6,9 @@
 # from the last finished epoch, bitwise as if uninterrupted.
 #   bash scripts/train_vit_cpu.sh            # start or resume; prints the log's path
 #   tail -n 3 ~/ablate-runs/vit_cifar.log    # progress, one line per epoch
-# bf16 autocast (native on AVX512-BF16/AMX CPUs; 2.5x fp32 here), NCHW (channels-last only
-# slows the patch embedding), THREADS intra-op threads (default 1: on a 2-core host shared with
-# another training, two threads wait on each other).
+# bf16 autocast (native on AVX512-BF16/AMX CPUs; 2.5x fp32 here), NCHW (the trainer's default for
+# ViTs: channels-last only slows the patch embedding), THREADS intra-op threads (default 1: on a
+# 2-core host shared with another training, two threads wait on each other).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}

@@ -170,7 +170,7 @@ class TrainConfig:
     resume: bool = False
     device: str = "auto"
     compile: bool = False
-    channels_last: bool | None = None  # None: on (training.precision.choose)
+    channels_last: bool | None = None  # None: on, off for ViTs (training.precision.choose)
     amp: str | None = None  # "bf16" | "off"; None: by device and CPU feature (precision.choose)
     val_split: int = 0  # hold out this many train images (the papers: 5000)
     limit_train: int | None = None

@@ -42,16 +42,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def choose(device: torch.device, amp: str | None, channels_last: bool | None) -> Precision:
-    """``amp`` ("bf16"/"off") and ``channels_last`` override; None picks by device and CPU."""
+def choose(device: torch.device, amp: str | None, channels_last: bool | None,
+           convolutional: bool = True) -> Precision:
+    """``amp`` ("bf16"/"off") and ``channels_last`` override; None picks by device and CPU.
+
+    Channels-last speeds up convolutions only: for a transformer (``convolutional=False``),
+    whose one convolution is the patch embedding, it slows that and gains nothing, so the
+    default there is NCHW.
+    """
     if device.type == "cuda":
-        auto_amp, auto_cl, why = True, True, "GPU: bf16 autocast, channels-last"
+        auto_amp, why = True, "GPU: bf16 autocast"
     elif cpu_has_native_bf16():
-        auto_amp, auto_cl = True, True
-        why = f"{cpu_name()} has native bf16: bf16 autocast, channels-last"
+        auto_amp, why = True, f"{cpu_name()} has native bf16: bf16 autocast"
     else:
-        auto_amp, auto_cl = False, True
-        why = f"{cpu_name()} has no native bf16 (emulated bf16 is slower): fp32, channels-last"
+        auto_amp = False
+        why = f"{cpu_name()} has no native bf16 (emulated bf16 is slower): fp32"
+    auto_cl = convolutional
+    why += ", channels-last" if auto_cl else ", NCHW (a transformer: no convolutions to speed up)"
     chosen_amp = auto_amp if amp is None else amp == "bf16"
     chosen_cl = auto_cl if channels_last is None else channels_last
     if (chosen_amp, chosen_cl) != (auto_amp, auto_cl):

@@ -101,7 +101,8 @@ def _setup(config: TrainConfig, device: torch.device, train_data: Dataset | None
     if config.survival() is not None and config.sd_mode == "row" and world > 1:
         raise UsageError("row-mode stochastic depth is not supported with several processes: "
                          "use --sd-mode batch")
-    precision = choose_precision(device, config.amp, config.channels_last)
+    precision = choose_precision(device, config.amp, config.channels_last,
+                                 convolutional=not config.model.startswith("vit"))
     amp, channels_last = precision.amp, precision.channels_last
     name = config.run_name()
     out = Path(config.out or Path("runs") / name)

@@ -17,6 +17,15 @@ def test_cpu_choice_follows_native_bf16(monkeypatch):
     assert (p.amp, p.channels_last) == (False, True) and "no native bf16" in p.why
 
 
+def test_transformers_default_to_nchw_convnets_to_channels_last(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    p = precision.choose(torch.device("cpu"), None, None, convolutional=False)
+    assert (p.amp, p.channels_last) == (True, False) and "NCHW" in p.why
+    assert precision.choose(torch.device("cuda"), None, None, convolutional=False).amp
+    assert not precision.choose(torch.device("cuda"), None, None, convolutional=False).channels_last
+    assert precision.choose(torch.device("cpu"), None, True, convolutional=False).channels_last
+
+
 def test_flags_override_and_say_so(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     p = precision.choose(torch.device("cpu"), "bf16", False)
