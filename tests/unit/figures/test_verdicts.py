@@ -240,6 +240,33 @@ def test_huang_time_saving_from_training_steps_alone(monkeypatch):
     assert vp.time_saving(other, "resnet20", "resnet20-sd").verdict == "not run"
 
 
+def test_huang_time_saving_refuses_cards_of_runs_that_changed_machine(monkeypatch):
+    moved = [{"epochs": "1-19", "amp": "bf16", "device": "H100"},
+             {"epochs": "20-30", "amp": "off", "device": "H100"}]
+    cards = _cards(monkeypatch, resnet20={"precision_by_epochs": moved})
+    f = vp.time_saving(cards, "resnet20", "resnet20-sd")
+    assert f.verdict == "not run" and "several devices or precisions" in f.ours
+
+
+@pytest.mark.parametrize("sd_speed, verdict",
+                         [(212.0, "reproduces"), (160.0, "does not reproduce")])
+def test_huang_time_saving_prefers_the_benchmark_that_times_both_alike(
+        tmp_path, monkeypatch, sd_speed, verdict):
+    import json
+
+    cards = _cards(monkeypatch)  # the cards alone would say "reproduces" (26% less)
+    (tmp_path / "speed.json").write_text(json.dumps({
+        "model": "resnet20", "ours_images_per_s": 145.0, "sd_images_per_s": sd_speed,
+        "steps": 40, "batch_size": 128, "device": "AMD EPYC",
+        "precision_choice": "AMD EPYC has native bf16: bf16 autocast, channels-last"}))
+    (tmp_path / "other.json").write_text(json.dumps({"model": "resnet56", "engine_s": 1.0}))
+    bench = vp.step_benchmarks("resnet20", tmp_path)
+    assert [b["file"] for b in bench] == ["speed.json"]
+    f = vp.time_saving(cards, "resnet20", "resnet20-sd", bench)
+    assert f.verdict == verdict and "speed.json" in f.ours and "alike" in f.criterion
+    assert f"{1 - 145.0 / sd_speed:.0%} less" in f.ours
+
+
 @pytest.mark.parametrize("sd_grad, verdict", [(0.02, "reproduces"), (0.005, "does not reproduce")])
 def test_huang_fig7(tmp_path, monkeypatch, sd_grad, verdict):
     _cards(monkeypatch)
