@@ -8,10 +8,12 @@ the criterion it applies, so a reader can disagree with the threshold but not wi
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ablate._infra.io import write_text
 from ablate.models import checkpoint
+from ablate.models.blocks import blocks
 from analyses import registry
 from figures import verdicts_lesion as lesion
 from figures import verdicts_paths as vpaths
@@ -90,6 +92,50 @@ def _sizes(run: dict) -> list[str]:
     return out
 
 
+# What the papers' networks were (quoted; see REFERENCES.md), to set beside ours.
+PAPER_NETWORKS = {
+    "Veit": "Veit et al.: ResNet-110 (54 blocks) and its plain twin, trained with He et al.'s "
+            "164-epoch recipe; stochastic depth as in Huang et al. (500 epochs)",
+    "Huang": "Huang et al.: ResNet-110 (54 blocks), 500 epochs, lr 0.1 divided by 10 at epochs "
+             "250 and 375, the best validation epoch of a 45k/5k split",
+    "He": "He et al.: plain and residual nets of 20-110 layers (9-54 blocks), 164 epochs",
+}
+
+
+def differences(found: list[Finding]) -> list[str]:
+    """For every finding that does not reproduce (or only partly): what the networks it names
+    were (blocks, epochs and schedule, every deviation on their cards) beside the paper's. The
+    facts a reader needs to judge why, read from the cards; no verdict is changed by them."""
+    names = checkpoint.bundled_names()
+    out = []
+    for f in found:
+        if f.verdict not in ("does not reproduce", "partly"):
+            continue
+        nets = [n for n in names if re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", f.ours)]
+        paper = next((v for k, v in PAPER_NETWORKS.items() if f.section.startswith(k)), None)
+        out += [f"- **{f.section}** ({f.verdict}). "
+                + "; ".join(_network_facts(n) for n in nets)
+                + (f". Paper: {paper}." if paper else ".")]
+    if not out:
+        return []
+    return ["", "## Where a finding does not reproduce: what differs from the paper", "",
+            "Read from the cards of the networks each finding names, beside what the paper "
+            "used; the verdicts above are not adjusted by any of this.", "", *out]
+
+
+def _network_facts(name: str) -> str:
+    card = json.loads((checkpoint.bundled_dir() / f"{name}.json").read_text())
+    n = len(blocks(checkpoint.load(name).model))
+    w = card.get("weights")
+    if w:
+        how = f"published ({w.get('source')}): {w.get('recipe', '').split('; ')[-1]}"
+    else:
+        how = (f"ablate.train, {card.get('epochs')} epochs, "
+               f"{(card.get('recipe') or {}).get('schedule')} schedule; deviations: "
+               + "; ".join(card.get("deviations") or ["none"]))
+    return f"{name}: {n} residual blocks or plain layers, {how}"
+
+
 def _plan(run: dict) -> list[str]:
     p = run.get("plan") or {}
     if "resnets" not in p:
@@ -140,9 +186,11 @@ def write_report(root: str | Path) -> Path:
         "| source | the paper | ours | verdict | criterion | measured on |",
         "|---|---|---|---|---|---|",
     ]
-    for a, f in _by_analysis(root):
+    found = _by_analysis(root)
+    for a, f in found:
         lines.append(f"| {f.section} | {f.claim} | {f.ours} | **{f.verdict}** | {f.criterion} "
                      f"| {_measured(root, a, run)} |")
+    lines += differences([f for _, f in found])
     lines += _sizes(run)
     figs = sorted(str(p.relative_to(root)) for p in root.glob("results/*/*.png"))
     if figs:

@@ -1,0 +1,34 @@
+"""REPRODUCTION.md's account of what differs where a finding does not reproduce."""
+
+from __future__ import annotations
+
+import json
+
+from figures import report
+from figures.verdicts import Finding
+
+
+def test_differences_name_each_network_with_its_card_beside_the_paper(
+        tmp_path, tiny_checkpoints, monkeypatch):
+    for name, path in tiny_checkpoints.items():
+        card = json.loads(path.with_suffix(".json").read_text())
+        if name == "resnet20":  # an own-trained network: epochs, schedule, deviations
+            card |= {"epochs": 40, "recipe": {"schedule": "cosine"},
+                     "deviations": ["epochs 40 instead of 164 (He et al. 2015)"]}
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+        (tmp_path / f"{name}.json").write_text(json.dumps(card))
+    monkeypatch.setenv("ABLATE_CHECKPOINTS", str(tmp_path))
+    found = [
+        Finding("Veit Fig. 5a", "claim", "resnet20: mean error 40% at k = 5; resnet20-sdx n/a",
+                "does not reproduce", "rho >= 0.9"),
+        Finding("Veit Fig. 3 (plain)", "claim", "plain20: median 85%", "reproduces", "c"),
+    ]
+    lines = report.differences(found)
+    text = "\n".join(lines)
+    assert "## Where a finding does not reproduce" in text
+    assert len([x for x in lines if x.startswith("- ")]) == 1  # the reproducing one is left out
+    assert "resnet20: 9 residual blocks or plain layers" in text
+    assert "40 epochs, cosine schedule" in text and "instead of 164" in text
+    assert "plain20" not in text  # named only by the finding that reproduces
+    assert "Paper: Veit et al.: ResNet-110 (54 blocks)" in text
+    assert report.differences(found[1:]) == []
