@@ -267,9 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only and not set(args.only) <= known:
         bad = sorted(set(args.only) - known)
         raise UsageError(f"unknown analysis {bad[0]!r}: choose from {', '.join(sorted(known))}")
-    _write_run(out, args, argv, settings, p, {})
+    names = [a for a, _, _ in steps]
+    _write_run(out, args, argv, settings, p, names, {})
     for analysis, t in _run_steps(steps, out, args.only):
-        _write_run(out, args, argv, settings, p, {analysis: t})  # a stop keeps finished steps
+        _write_run(out, args, argv, settings, p, names, {analysis: t})  # a stop keeps these
     report = write_report(out)
     print(f"\nreport: {report}", file=sys.stderr)
     return 0
@@ -291,16 +292,21 @@ def _run_steps(steps: list[tuple[str, str, list[str]]], out: Path, only: list[st
 
 
 def _write_run(out: Path, args: argparse.Namespace, argv: Sequence[str] | None,
-               settings: Settings, p: Plan, times: dict[str, float]) -> None:
-    """run.json: the plan and settings, and each analysis' wall time, summed over the
-    invocations that ran it (a resumed run adds only what it measured)."""
+               settings: Settings, p: Plan, steps: list[str], times: dict[str, float]) -> None:
+    """run.json: the plan and settings, each analysis' wall time, summed over the invocations
+    that ran it (a resumed run adds only what it measured), and which analyses have finished
+    under this plan (``complete`` once all of them have: a newly bundled network reopens them)."""
     f = out / "run.json"
     old = json.loads(f.read_text()) if f.exists() else {}
     total = dict(old.get("wall_seconds_total", old.get("wall_seconds", {})))
     for k, v in times.items():
         total[k] = round(total.get(k, 0.0) + v, 1)
+    plan_ = json.loads(json.dumps(asdict(p)))
+    same = old.get("plan") == plan_ and old.get("settings") == settings.__dict__
+    finished = list(dict.fromkeys([*(old.get("finished", []) if same else []), *times]))
     write_json(f, {
-        "quick": args.quick, "settings": settings.__dict__, "plan": asdict(p),
+        "quick": args.quick, "settings": settings.__dict__, "plan": plan_,
+        "steps": steps, "finished": finished, "complete": set(steps) <= set(finished),
         "settings_why": {} if args.quick else WHY,
         "wall_seconds": {**old.get("wall_seconds", {}), **times}, "wall_seconds_total": total,
         "argv": list(argv) if argv is not None else sys.argv[1:],

@@ -3,8 +3,8 @@
 - ``models``: the bundled checkpoints' table, from their cards (``ablate/checkpoints/*.json``).
 - ``main-job``: the README's main job, from the run folder of ``python -m ablate.delete_block``
   (its ``results.csv`` and ``meta.json``: errors, the damage per block, the wall time).
-- ``gallery``: the verdicts and figures of ``reproduction/`` (the full run) once it has its
-  REPRODUCTION.md, else of ``reproduction-quick/``.
+- ``gallery``: the verdicts and figures of ``reproduction/`` (the full run) once every analysis
+  of its plan has finished (``run.json``: complete), else of ``reproduction-quick/``.
 - ``benchmarks``: one line per ``benchmarks/*.json`` written by ``benchmarks/train_speed.py`` or
   ``benchmarks/lesion_sweep.py``.
 
@@ -130,7 +130,9 @@ def gallery(root: Path | None = None) -> str:
     from figures.report import findings
 
     full = ROOT / "reproduction"
-    root = root or (full if (full / "REPRODUCTION.md").exists() else ROOT / "reproduction-quick")
+    done = (full / "run.json").exists() and json.loads((full / "run.json").read_text()).get(
+        "complete")
+    root = root or (full if done else ROOT / "reproduction-quick")
     run = json.loads((root / "run.json").read_text()) if (root / "run.json").exists() else {}
     wall = run.get("wall_seconds_total") or run.get("wall_seconds") or {}
     argv = " ".join(run.get("argv", []))

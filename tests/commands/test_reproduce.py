@@ -66,6 +66,7 @@ def test_quick_reproduction_is_complete_and_idempotent(tmp_path, zoo, image_fold
     run = json.loads((out / "run.json").read_text())
     assert run["plan"]["resnets"] == ["resnet20"] and run["plan"]["plain"] == "plain20"
     assert set(run["wall_seconds_total"]) == set(analyses)
+    assert first["complete"] and run["complete"] and set(run["finished"]) == set(analyses)
     for a in analyses:  # wall time sums over invocations
         assert run["wall_seconds_total"][a] == pytest.approx(
             first["wall_seconds_total"][a] + run["wall_seconds"][a], abs=0.11)
@@ -161,3 +162,5 @@ def test_a_stopped_run_keeps_the_wall_time_of_finished_steps(tmp_path, zoo, monk
     assert ran == ["degradation", "gradnorm"]
     run = json.loads((out / "run.json").read_text())
     assert set(run["wall_seconds_total"]) == {"degradation", "gradnorm"}
+    assert run["finished"] == ["degradation", "gradnorm"] and not run["complete"]
+    assert run["steps"][:3] == ["degradation", "gradnorm", "delete_block"]
