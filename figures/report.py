@@ -107,6 +107,13 @@ def differences(found: list[Finding]) -> list[str]:
     were (blocks, epochs and schedule, every deviation on their cards) beside the paper's. The
     facts a reader needs to judge why, read from the cards; no verdict is changed by them."""
     names = checkpoint.bundled_names()
+    facts: dict[str, str] = {}  # one checkpoint load per network, however many findings name it
+
+    def fact(n: str) -> str:
+        if n not in facts:
+            facts[n] = _network_facts(n)
+        return facts[n]
+
     out = []
     for f in found:
         if f.verdict not in ("does not reproduce", "partly"):
@@ -114,7 +121,7 @@ def differences(found: list[Finding]) -> list[str]:
         nets = [n for n in names if re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", f.ours)]
         paper = next((v for k, v in PAPER_NETWORKS.items() if f.section.startswith(k)), None)
         out += [f"- **{f.section}** ({f.verdict}). "
-                + "; ".join(_network_facts(n) for n in nets)
+                + "; ".join(fact(n) for n in nets)
                 + (f". Paper: {paper}." if paper else ".")]
     if not out:
         return []
@@ -124,8 +131,8 @@ def differences(found: list[Finding]) -> list[str]:
 
 
 def _network_facts(name: str) -> str:
-    card = json.loads((checkpoint.bundled_dir() / f"{name}.json").read_text())
-    n = len(blocks(checkpoint.load(name).model))
+    loaded = checkpoint.load(name)
+    card, n = loaded.card, len(blocks(loaded.model))
     w = card.get("weights")
     if w:
         how = f"published ({w.get('source')}): {w.get('recipe', '').split('; ')[-1]}"

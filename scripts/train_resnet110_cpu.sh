@@ -19,8 +19,8 @@ if [ ! -f "$OUT/last.pt" ] && [ -f "../shared/training/$NAME/last.pt" ]; then
   echo "seeded $OUT from ../shared/training/$NAME"
 fi
 RESUME=$([ -f "$OUT/last.pt" ] && echo --resume || true)
-mkdir -p "$(dirname "$OUT")"
-PYTHONUNBUFFERED=1 setsid nohup bash scripts/lowprio.sh 10 "$PYTHON" -m ablate.train --model resnet110 "${SD[@]}" \
-  --data "$DATA" --schedule cosine --epochs 40 --seed 0 --channels-last --out "$OUT" \
-  --no-progress $RESUME >> "$OUT.out" 2>&1 < /dev/null &
+mkdir -p "$OUT"
+PYTHONUNBUFFERED=1 setsid nohup bash scripts/lowprio.sh 10 \
+  "$PYTHON" -m ablate.train --model resnet110 "${SD[@]}" --data "$DATA" --schedule cosine \
+  --epochs 40 --seed 0 --channels-last --out "$OUT" --no-progress $RESUME >> "$OUT.out" 2>&1 < /dev/null &
 echo "$NAME training in the background (pid $!), log $OUT.out"
