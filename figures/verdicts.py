@@ -2,7 +2,8 @@
 the readers of the result tables.
 
 A verdict is one of "reproduces", "does not reproduce", "partly", "computed" (exact arithmetic,
-nothing measured), "not run" or "new" (no published number). Each finding carries its criterion
+nothing measured), "not run", "new" (no published number) or, in REPRODUCTION.md while a step of
+the plan has not finished, "in progress" (its table is partial). Each finding carries its criterion
 in one line, applied to numbers read from ``results/<analysis>/``; the thresholds below are stated
 once, before any table is read, and are not tuned to any result.
 """

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["versions", "device_name", "git_commit", "environment"]
+__all__ = ["versions", "cpu_name", "device_name", "git_commit", "environment"]
 
 
 def versions() -> dict[str, str]:
@@ -25,11 +25,23 @@ def versions() -> dict[str, str]:
     return out
 
 
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo``), else what ``platform`` knows: machines
+    differ (bf16 is native on some CPUs and emulated on others), so results name theirs."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
 def device_name(device: torch.device | str) -> str:
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)"
 
 
 def git_commit() -> str | None:

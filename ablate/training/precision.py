@@ -9,11 +9,11 @@ Measured on 2-core machines of both kinds (issue 12). Evaluation always runs in 
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+
+from ablate._infra.provenance import cpu_name
 
 __all__ = ["Precision", "choose", "cpu_has_native_bf16", "cpu_name", "ranges"]
 
@@ -29,17 +29,6 @@ def cpu_has_native_bf16() -> bool:
     """Whether the CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles)."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
-
-
-def cpu_name() -> str:
-    """The processor's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
 
 
 def choose(device: torch.device, amp: str | None, channels_last: bool | None,

@@ -32,3 +32,18 @@ def test_differences_name_each_network_with_its_card_beside_the_paper(
     assert "plain20" not in text  # named only by the finding that reproduces
     assert "Paper: Veit et al.: ResNet-110 (54 blocks)" in text
     assert report.differences(found[1:]) == []
+
+
+def test_a_step_that_has_not_finished_withholds_its_verdict(tmp_path):
+    (tmp_path / "results" / "delete_block").mkdir(parents=True)
+    (tmp_path / "results" / "delete_block" / "results.csv").write_text("a\n1\n2\n3\n")
+    found = [("delete_block", Finding("Veit Fig. 3", "c", "resnet110: 3", "reproduces", "k")),
+             ("gradnorm", Finding("Gradients per depth", "c", "ratio 9", "partly", "k")),
+             ("paths", Finding("Veit Sec. 5", "paths", "-", "not run", "-"))]
+    run = {"steps": ["gradnorm", "delete_block", "paths"], "finished": ["gradnorm"]}
+    out = dict(report._pending(found, run, tmp_path))
+    assert out["delete_block"].verdict == "in progress"
+    assert "3 rows so far" in out["delete_block"].ours
+    assert out["gradnorm"].verdict == "partly"  # finished: judged
+    assert out["paths"].verdict == "not run"  # nothing measured yet
+    assert report._pending(found, {}, tmp_path) == found  # no plan (a single analysis): judged
