@@ -1,0 +1,46 @@
+"""scripts/update_readme.py: the README's generated blocks are what the committed files say."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("update_readme",
+                                                  ROOT / "scripts" / "update_readme.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _block(text: str, name: str) -> str:
+    m = re.search(rf"<!-- {name}:start -->\n(.*?)<!-- {name}:end -->", text, re.S)
+    assert m, f"README.md has no {name} block"
+    return m.group(1)
+
+
+def test_fill_replaces_only_the_named_block():
+    u = _module()
+    text = "a\n<!-- x:start -->\nold\n<!-- x:end -->\nb\n<!-- y:start -->\nkeep\n<!-- y:end -->\n"
+    out = u.fill(text, "x", "new $1 \\1")  # no regex escapes interpreted in the body
+    assert _block(out, "x") == "new $1 \\1\n" and _block(out, "y") == "keep\n"
+    assert out.startswith("a\n") and "\nb\n" in out
+    with pytest.raises(SystemExit, match="no <!-- z:start/end -->"):
+        u.fill(text, "z", "")
+
+
+@pytest.mark.parametrize("name", ["models", "benchmarks", "gallery"])
+def test_readme_blocks_match_the_committed_files(name, monkeypatch):
+    """Nobody edits a generated block by hand, and nobody forgets to regenerate it after a
+    checkpoint, benchmark or reproduction lands: run `python scripts/update_readme.py`."""
+    monkeypatch.delenv("ABLATE_CHECKPOINTS")  # the cards the package ships
+    u = _module()
+    body = {"models": u.models_table, "benchmarks": u.benchmarks, "gallery": u.gallery}[name]()
+    assert _block((ROOT / "README.md").read_text(), name) == body + "\n", (
+        f"README.md's {name} block is stale: run python scripts/update_readme.py")
