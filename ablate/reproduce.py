@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -269,22 +270,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"unknown analysis {bad[0]!r}: choose from {', '.join(sorted(known))}")
     names = [a for a, _, _ in steps]
     _write_run(out, args, argv, settings, p, names, {})
-    for analysis, t in _run_steps(steps, out, args.only):
-        _write_run(out, args, argv, settings, p, names, {analysis: t})  # a stop keeps these
+    running: list[tuple[str, float]] = []  # the step under way and when it began
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `reproduce_cpu.sh stop`, a kill
+    try:
+        for analysis, t in _run_steps(steps, out, args.only, running):
+            _write_run(out, args, argv, settings, p, names, {analysis: t})  # a stop keeps these
+    except KeyboardInterrupt:
+        # The stopped step's rows so far are in its table and the next run reuses them: count
+        # the time they took, without marking the step finished.
+        if running:
+            a, t0 = running[-1]
+            _write_run(out, args, argv, settings, p, names, {},
+                       spent={a: round(time.perf_counter() - t0, 1)})
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     report = write_report(out)
     print(f"\nreport: {report}", file=sys.stderr)
     return 0
 
 
-def _run_steps(steps: list[tuple[str, str, list[str]]], out: Path, only: list[str] | None
-               ) -> Iterator[tuple[str, float]]:
-    """Run each analysis in turn; yield its name and wall seconds as it finishes."""
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_steps(steps: list[tuple[str, str, list[str]]], out: Path, only: list[str] | None,
+               running: list[tuple[str, float]] | None = None) -> Iterator[tuple[str, float]]:
+    """Run each analysis in turn; yield its name and wall seconds as it finishes (``running``
+    gets each step's name and start time as it begins)."""
     for analysis, module, a in steps:
         if only and analysis not in only:
             continue
         dest = out / "results" / analysis
         print(f"\n== {analysis}: python -m ablate.{module} {' '.join(a)}", file=sys.stderr)
         t = time.perf_counter()
+        if running is not None:
+            running.append((analysis, t))
         code = commands()[module]([*a, "--out", str(dest)])
         if code not in (0, None):
             raise UsageError(f"{analysis} stopped with status {code}; see the message above")
@@ -292,14 +313,16 @@ def _run_steps(steps: list[tuple[str, str, list[str]]], out: Path, only: list[st
 
 
 def _write_run(out: Path, args: argparse.Namespace, argv: Sequence[str] | None,
-               settings: Settings, p: Plan, steps: list[str], times: dict[str, float]) -> None:
+               settings: Settings, p: Plan, steps: list[str], times: dict[str, float],
+               spent: dict[str, float] | None = None) -> None:
     """run.json: the plan and settings, each analysis' wall time, summed over the invocations
-    that ran it (a resumed run adds only what it measured), and which analyses have finished
-    under this plan (``complete`` once all of them have: a newly bundled network reopens them)."""
+    that ran it (a resumed run adds only what it measured; ``spent``: the time of a step that
+    was stopped, its rows kept), and which analyses have finished under this plan (``complete``
+    once all of them have: a newly bundled network reopens them)."""
     f = out / "run.json"
     old = json.loads(f.read_text()) if f.exists() else {}
     total = dict(old.get("wall_seconds_total", old.get("wall_seconds", {})))
-    for k, v in times.items():
+    for k, v in {**times, **(spent or {})}.items():
         total[k] = round(total.get(k, 0.0) + v, 1)
     plan_ = json.loads(json.dumps(asdict(p)))
     same = old.get("plan") == plan_ and old.get("settings") == settings.__dict__

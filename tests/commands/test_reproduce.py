@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import time
 
 import pandas as pd
 import pytest
@@ -140,14 +143,20 @@ def test_plan_refuses_names_not_bundled(tmp_path, monkeypatch, capsys):
     assert "resnet110 is not a bundled checkpoint" in capsys.readouterr().err
 
 
-def test_a_stopped_run_keeps_the_wall_time_of_finished_steps(tmp_path, zoo, monkeypatch):
-    """A session that ends mid-run (kill, end of a session) keeps run.json for what finished."""
+@pytest.mark.parametrize("stop", ["interrupt", "sigterm"])
+def test_a_stopped_run_keeps_the_wall_time_of_every_step_it_ran(tmp_path, zoo, monkeypatch, stop):
+    """A session that ends mid-run (Ctrl-C, `reproduce_cpu.sh stop`, the end of a session)
+    keeps run.json for what ran."""
     ran = []
+    handler = signal.getsignal(signal.SIGTERM)
 
     def fake(module):
         def command(argv):
-            if module == "delete_block":
-                raise KeyboardInterrupt  # the stop, in the middle of the third step
+            if module == "delete_block":  # the stop, in the middle of the third step
+                if stop == "sigterm":
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(5)  # the signal arrives before this ends
+                raise KeyboardInterrupt
             ran.append(module)
             return 0
         return command
@@ -161,6 +170,8 @@ def test_a_stopped_run_keeps_the_wall_time_of_finished_steps(tmp_path, zoo, monk
     assert stop.value.code == 130
     assert ran == ["degradation", "gradnorm"]
     run = json.loads((out / "run.json").read_text())
-    assert set(run["wall_seconds_total"]) == {"degradation", "gradnorm"}
+    # the stopped step's time counts (its rows so far are kept), but it is not finished
+    assert set(run["wall_seconds_total"]) == {"degradation", "gradnorm", "delete_block"}
     assert run["finished"] == ["degradation", "gradnorm"] and not run["complete"]
     assert run["steps"][:3] == ["degradation", "gradnorm", "delete_block"]
+    assert signal.getsignal(signal.SIGTERM) is handler  # put back for the caller
