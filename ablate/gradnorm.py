@@ -30,8 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="init and/or trained (default: trained where a checkpoint is given, "
                         "else init)")
     p.add_argument("--init", action="store_true", help="shorthand for --states init")
-    p.add_argument("--bn", default="eval", choices=("eval", "train"),
-                   help="BN with running statistics (eval) or batch statistics (train)")
+    p.add_argument("--bn", default="auto", choices=analysis.BN_MODES,
+                   help="BN with running statistics (eval), batch statistics (train), or auto: "
+                        "batch statistics at init (running ones are still 0 and 1 there), "
+                        "running ones trained")
     args = p.parse_args(argv)
     if args.init and args.states:
         raise UsageError("give either --init or --states, not both")
@@ -63,10 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "gradient over the unit's parameters"
         ),
         "bn": args.bn,
+        "bn_by_state": {s: analysis.bn_for(args.bn, s) for s in analysis.STATES},
         "batch_size": bs,
         "init_seed": args.seed,
     }
-    note = f"{ds.name}, {len(ds)} images, BN {args.bn}"
+    modes = {s: analysis.bn_for(args.bn, s) for s in df.state.unique()}
+    stat = {"train": "batch", "eval": "running"}
+    note = f"{ds.name}, {len(ds)} images, BN: " + ", ".join(
+        f"{s} {stat[m]} statistics" for s, m in modes.items())
     cli.write_outputs(out, meta, loaded, ds, args, timer, df, "gradnorm", note=note)
     _summary(df)
     print(f"results: {out / 'results.csv'}", file=sys.stderr)

@@ -1,12 +1,18 @@
-"""Gradient norms through depth (Huang et al. 2016; He et al. 2015): at every unit's input
-(activation gradient) and of every unit's parameters, for a network at initialisation and
-trained, so that the vanishing gradient of deep plain nets shows beside their residual twins.
+"""Gradient norms through depth (He et al. 2015, Sec. 4.1; Huang et al. 2016): at every unit's
+input (activation gradient) and of every unit's parameters, for a network at initialisation and
+trained, plain nets beside their residual twins: whether a deep plain net's gradient vanishes
+towards the input (He et al. say that with BN it does not).
 
-Per batch the loss is the cross-entropy, summed over images for the activation gradient (so each
-image's gradient at a unit's input is its own with eval-mode BN; reported as the mean over images
-of its L2 norm) and averaged over the batch for the parameter gradient (what SGD sees; reported
-as the mean over batches of the per-unit L2 norm). Intervals are t intervals over images and over
-batches respectively.
+BN: by default a network at initialisation is measured with batch statistics, the network SGD
+steps on at its first iteration (its running statistics are still mean 0, variance 1, so in eval
+mode BN is an identity and a ResNet's residual sums grow without bound through depth), and a
+trained one with its running statistics, the network that is tested (``bn="auto"``).
+
+Per batch the loss is the cross-entropy, summed over images for the activation gradient (with
+running statistics each image's gradient at a unit's input is its own; batch statistics couple
+the images of a batch), reported as the mean over images of its L2 norm, and averaged over the
+batch for the parameter gradient (what SGD sees), reported as the mean over batches of the
+per-unit L2 norm. Intervals are t intervals over images and over batches respectively.
 """
 
 from __future__ import annotations
@@ -32,11 +38,23 @@ from analyses.context import condition
 from analyses.sweep import resume
 from analyses.table import Table
 
-__all__ = ["KEY", "STATES", "depths", "gradients", "init_twin", "run", "unit_parameters"]
+__all__ = ["BN_MODES", "KEY", "STATES", "bn_for", "depths", "gradients", "init_twin", "run",
+           "unit_parameters"]
 
 KEY = ("model", "checkpoint_sha256", "state", "dataset", "split", "n_images", "data_sha256",
        "bn", "seed")
 STATES = ("init", "trained")
+BN_MODES = ("auto", "eval", "train")
+
+
+def bn_for(bn: str, state: str) -> str:
+    """The BN mode a state is measured in: ``auto`` is batch statistics (``train``) at init and
+    running statistics (``eval``) once trained; ``eval`` or ``train`` apply to both."""
+    if bn not in BN_MODES:
+        raise UsageError(f"--bn must be one of {', '.join(BN_MODES)}, not {bn!r}")
+    if bn != "auto":
+        return bn
+    return "train" if state == "init" else "eval"
 
 
 def unit_parameters(model: nn.Module, unit: Block) -> list[nn.Parameter]:
@@ -125,14 +143,14 @@ def run(
     ds: Dataset,
     *,
     states: tuple[str, ...] = ("trained",),
-    bn: str = "eval",
+    bn: str = "auto",
     seed: int = 0,
     table: Table | None = None,
     batch_size: int = 128,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Rows (model, state, unit, kind, grad_norm, low, high, ...) for each state of ``loaded``;
-    states already in ``table`` are reused."""
+    """Rows (model, state, bn, unit, kind, grad_norm, low, high, ...) for each state of
+    ``loaded`` (``bn``: see :func:`bn_for`); states already in ``table`` are reused."""
     table = Table(None, KEY) if table is None else table
     for s in states:
         if s not in STATES:
@@ -140,14 +158,15 @@ def run(
         if s == "trained" and loaded.format == "init":
             raise UsageError(f"{loaded.name} has no trained weights: pass --checkpoint, or ask "
                              "for --states init")
-    base = {**condition(loaded, ds), "bn": bn, "seed": seed}
+    base = {**condition(loaded, ds), "seed": seed}
 
     def measure(part: list[dict]) -> list[dict]:
         state = part[0]["state"]
         net = loaded.model if state == "trained" else init_twin(loaded, seed)
-        return _measure(net, loaded, ds, part[0], bn, batch_size, progress)
+        return _measure(net, loaded, ds, part[0], part[0]["bn"], batch_size, progress)
 
-    return resume(table, [{**base, "state": s} for s in states], measure, what=loaded.name)
+    return resume(table, [{**base, "state": s, "bn": bn_for(bn, s)} for s in states], measure,
+                  what=loaded.name)
 
 
 def _measure(net: nn.Module, loaded: Loaded, ds: Dataset, base: dict, bn: str, batch_size: int,

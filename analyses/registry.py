@@ -40,7 +40,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
                reorder_blocks.KEY),
     Experiment("paths", "Veit et al. 2016, section 5, Fig. 6", paths.run, paths.KEY,
                paths.REFERENCE),
-    Experiment("gradnorm", "Huang et al. 2016; He et al. 2015 (vanishing gradients)",
+    Experiment("gradnorm", "He et al. 2015, Sec. 4.1 (no vanishing gradients with BN)",
                gradnorm.run, gradnorm.KEY),
     Experiment("attribution", "Veit et al. 2016 (lesion) vs captum attributions",
                attribution.run, attribution.KEY),

@@ -22,14 +22,16 @@ from scipy import stats
 from ablate.measures.stats import unpack_correct
 
 __all__ = [
-    "ALPHA", "EQUIVALENCE_MARGIN", "HIGH_TAU", "MAX_HIGH_TAU_DAMAGE", "MONOTONE_TOLERANCE",
-    "ONE_SEED", "UNITS", "Finding", "fig", "pct", "per_image_wrong", "read", "rho", "twins",
+    "ALPHA", "EQUIVALENCE_MARGIN", "HEALTHY_GRADIENT_RATIO", "HIGH_TAU", "MAX_HIGH_TAU_DAMAGE",
+    "MONOTONE_TOLERANCE", "ONE_SEED", "UNITS", "Finding", "fig", "pct", "per_image_wrong", "read",
+    "rho", "twins",
 ]
 
 ALPHA = 0.05  # family-wise (Holm) and per-test level
 EQUIVALENCE_MARGIN = 0.01  # "no noticeable change": |error change| under 1 point, shown by TOST
 HIGH_TAU = 0.9  # Fig. 5b: orders this close to the original must do bounded damage ...
 MAX_HIGH_TAU_DAMAGE = 0.10  # ... a mean error increase of at most 10 points
+HEALTHY_GRADIENT_RATIO = 0.1  # "vanishing": the gradient falls by an order of magnitude or more
 MONOTONE_TOLERANCE = 0.02  # Fig. 5b: a lower-tau bin may sit at most 2 points below the one before
 ONE_SEED = ("one training seed per network: the interval covers test-set noise only, not "
             "seed-to-seed variation")

@@ -102,7 +102,9 @@ def test_command(tmp_path, image_folder, tiny_checkpoints, monkeypatch, capsys):
     assert (df[df.kind == "parameters"].n_values == 2).all()
     assert (df.grad_norm > 0).all()
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["bn"] == "eval" and meta["data"]["n_images"] == 8
+    assert meta["bn"] == "auto" and meta["bn_by_state"] == {"init": "train", "trained": "eval"}
+    assert meta["data"]["n_images"] == 8
+    assert set(zip(df.state, df.bn)) == {("init", "train"), ("trained", "eval")}
 
     calls = []
     monkeypatch.setattr(gradnorm, "_measure", lambda *a, **k: calls.append(1) or [])

@@ -184,24 +184,41 @@ def test_fig6(tmp_path):
 
 # ---- gradient flow -----------------------------------------------------------------------------
 
-def _grads(ratios: dict[tuple[str, str], float]) -> pd.DataFrame:
+def _grads(ratios: dict[tuple[str, str], float], bn: dict[str, str] | None = None
+           ) -> pd.DataFrame:
     rows = []
     for (model, state), r in ratios.items():
         fam = "plain" if model.startswith("plain") else "resnet"
         rows += [{"model": model, "family": fam, "state": state, "kind": "activation",
-                  "unit": u, "grad_norm": g} for u, g in ((0, r), (1, 1.0))]
+                  "unit": u, "grad_norm": g, "bn": (bn or {}).get(state, "eval")}
+                 for u, g in ((0, r), (1, 1.0))]
     return pd.DataFrame(rows)
 
 
-def test_gradnorm_keyed_by_model(tmp_path):
-    good = {(m, s): r for s in ("init", "trained")
-            for m, r in (("resnet20", 2.0), ("resnet56", 3.0), ("plain20", 0.5))}
-    f = vp.gradnorm(_write(tmp_path / "a", "gradnorm", _grads(good)))[0]
-    assert f.verdict == "reproduces" and f.ours.count("resnet20") == 2
-    # resnet20 keeps less gradient than the plain net; resnet56, written after it, must not hide it
-    bad = good | {("resnet20", "init"): 0.1, ("resnet20", "trained"): 0.1}
-    assert vp.gradnorm(_write(tmp_path / "b", "gradnorm", _grads(bad)))[0].verdict == \
+def test_gradnorm_healthy_plain_gradients_in_every_state(tmp_path):
+    """He et al. Sec. 4.1: with BN the plain net's gradient does not vanish towards the input."""
+    healthy = {(m, s): r for s in ("init", "trained")
+               for m, r in (("resnet20", 2.0), ("resnet56", 3.0), ("plain20", 0.5))}
+    f = vp.gradnorm(_write(tmp_path / "a", "gradnorm", _grads(healthy)))[0]
+    assert f.section == "He et al. 2015 Sec. 4.1" and f.verdict == "reproduces"
+    assert f.ours.count("resnet20") == 2  # the ResNets are shown beside, not judged
+    init_vanishes = healthy | {("plain20", "init"): 0.05}
+    assert vp.gradnorm(_write(tmp_path / "b", "gradnorm", _grads(init_vanishes)))[0].verdict \
+        == "partly"
+    both = init_vanishes | {("plain20", "trained"): 0.01}
+    assert vp.gradnorm(_write(tmp_path / "c", "gradnorm", _grads(both)))[0].verdict == \
         "does not reproduce"
+
+
+def test_gradnorm_judges_the_bn_mode_the_run_asked_for(tmp_path):
+    """An older table may hold init rows with running statistics beside the batch-statistics
+    ones: the verdict reads those of the mode meta.json names per state."""
+    auto = {"init": "train", "trained": "eval"}
+    new = _grads({("plain20", "init"): 0.5, ("plain20", "trained"): 0.5}, auto)
+    old = _grads({("plain20", "init"): 0.01})  # init measured with eval-mode BN
+    root = _write(tmp_path, "gradnorm", pd.concat([old, new]), {"bn_by_state": auto})
+    f = vp.gradnorm(root)[0]
+    assert f.verdict == "reproduces" and "plain20 (init, BN batch statistics)" in f.ours
 
 
 # ---- Huang et al. ------------------------------------------------------------------------------
