@@ -284,12 +284,16 @@ def test_huang_time_saving_prefers_the_benchmark_that_times_both_alike(
     assert f"{1 - 145.0 / sd_speed:.0%} less" in f.ours
 
 
-@pytest.mark.parametrize("sd_grad, verdict", [(0.02, "reproduces"), (0.005, "does not reproduce")])
-def test_huang_fig7(tmp_path, monkeypatch, sd_grad, verdict):
+@pytest.mark.parametrize("sd_grad, verdict", [
+    ((0.02, 0.02, 0.02), "reproduces"), ((0.02, 0.005, 0.02), "partly"),
+    ((0.005, 0.005, 0.02), "does not reproduce")])
+def test_huang_fig7_larger_in_every_epoch(tmp_path, monkeypatch, sd_grad, verdict):
     _cards(monkeypatch)
     df = pd.DataFrame([{"model": m, "epoch": e, "metric": "grad_mean_abs_first_block_conv1",
-                        "value": g} for m, g in (("resnet20", 0.01), ("resnet20-sd", sd_grad))
+                        "value": g[e]} for m, g in (("resnet20", (0.01,) * 3),
+                                                    ("resnet20-sd", sd_grad))
                        for e in range(3)])
     f = _one(vp.stochastic_depth(_write(_plan(tmp_path), "training_curves", df)),
              "Huang et al. Fig. 7")
     assert f.verdict == verdict
+    assert f"in {sum(x > 0.01 for x in sd_grad)} of 3 epochs" in f.ours
