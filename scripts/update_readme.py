@@ -53,6 +53,32 @@ def models_table() -> str:
                          f"{c['epochs']} ({c['recipe']['schedule']}) | {where} | "
                          f"{c['train_seconds'] / 3600:.1f} h |")
         out += "\n\nTrained by ablate (`python -m ablate.train`):\n\n" + "\n".join(lines)
+        out += "".join(_sd_against_constant(own))
+    return out
+
+
+def _sd_against_constant(own: list[dict]) -> list[str]:
+    """Each own-trained NAME-sd beside its constant-depth twin NAME, from the two cards."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from figures.verdicts_paths import HUANG_2016
+
+    cards = {c["name"]: c for c in own}
+    out = []
+    for name, sd in cards.items():
+        const = cards.get(name.removesuffix("-sd")) if name.endswith("-sd") else None
+        if const is None:
+            continue
+        e = {c["name"]: c["final_test_error"] for c in (const, sd)}
+        gap = 100 * (e[sd["name"]] - e[const["name"]])
+        out.append(
+            f"\n\nStochastic against constant depth, trained alike ({sd['epochs']} "
+            f"{sd['recipe']['schedule']} epochs, seed {sd['seed']}; Huang et al. trained 500): "
+            f"`{const['name']}` {e[const['name']]:.2%}, `{sd['name']}` {e[sd['name']]:.2%} test "
+            f"error, {gap:+.2f} points (Huang et al., ResNet-110: {HUANG_2016['constant_110']}% "
+            f"-> {HUANG_2016['stochastic_110']}%). One seed each; the paired test on the same "
+            "images is Huang et al. Table 1 in `reproduction/REPRODUCTION.md`.")
     return out
 
 

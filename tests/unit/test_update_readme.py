@@ -44,3 +44,14 @@ def test_readme_blocks_match_the_committed_files(name, monkeypatch):
     body = {"models": u.models_table, "benchmarks": u.benchmarks, "gallery": u.gallery}[name]()
     assert _block((ROOT / "README.md").read_text(), name) == body + "\n", (
         f"README.md's {name} block is stale: run python scripts/update_readme.py")
+
+
+def test_stochastic_depth_twin_reported_beside_its_constant_twin():
+    u = _module()
+    const = {"name": "resnet110", "final_test_error": 0.0861, "epochs": 40, "seed": 0,
+             "recipe": {"schedule": "cosine"}}
+    sd = const | {"name": "resnet110-sd", "final_test_error": 0.0912}
+    text = "".join(u._sd_against_constant([const, sd]))
+    assert "`resnet110` 8.61%, `resnet110-sd` 9.12% test error, +0.51 points" in text
+    assert "40 cosine epochs" in text and "6.41% -> 5.25%" in text  # beside Huang et al.'s
+    assert u._sd_against_constant([const]) == [] and u._sd_against_constant([sd]) == []
