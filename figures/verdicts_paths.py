@@ -108,7 +108,8 @@ def gradnorm(root: Path) -> list[Finding]:
         "; ".join(f"{x.model} ({x.state}"
                   + (f", BN {bn[by_state[x.state]]} statistics" if x.state in by_state else "")
                   + f"): first/last unit {x.ratio:.3g}" for x in r.itertuples())
-        + " (loss gradient norm at a unit's input; the ResNets for comparison)",
+        + " (loss gradient norm at a unit's input, first unit over last: below 1 it fades "
+        "towards the input, above 1 it grows; the ResNets for comparison)",
         "not run" if not ok else "reproduces" if all(ok) else "partly" if any(ok)
         else "does not reproduce",
         f"every plain net's gradient at its first unit's input at least {HEALTHY_GRADIENT_RATIO:g}"
