@@ -275,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for analysis, t in _run_steps(steps, out, args.only, running):
             _write_run(out, args, argv, settings, p, names, {analysis: t})  # a stop keeps these
+            running.clear()  # counted once
     except KeyboardInterrupt:
         # The stopped step's rows so far are in its table and the next run reuses them: count
         # the time they took, without marking the step finished.
