@@ -276,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for analysis, t in _run_steps(steps, out, args.only, running):
             _write_run(out, args, argv, settings, p, names, {analysis: t})  # a stop keeps these
             running.clear()  # counted once
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # a command's cli_main turns ^C into exit 130
         # The stopped step's rows so far are in its table and the next run reuses them: count
         # the time they took, without marking the step finished.
         if running:

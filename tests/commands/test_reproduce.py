@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from ablate import reproduce
+from ablate._infra.errors import cli_main
 
 
 @pytest.fixture()
@@ -156,7 +157,7 @@ def test_a_stopped_run_keeps_the_wall_time_of_every_step_it_ran(tmp_path, zoo, m
                 if stop == "sigterm":
                     os.kill(os.getpid(), signal.SIGTERM)
                     time.sleep(5)  # the signal arrives before this ends
-                raise KeyboardInterrupt
+                cli_main(_raise_interrupt)()  # as the real commands: ^C becomes exit 130
             ran.append(module)
             return 0
         return command
@@ -175,3 +176,7 @@ def test_a_stopped_run_keeps_the_wall_time_of_every_step_it_ran(tmp_path, zoo, m
     assert run["finished"] == ["degradation", "gradnorm"] and not run["complete"]
     assert run["steps"][:3] == ["degradation", "gradnorm", "delete_block"]
     assert signal.getsignal(signal.SIGTERM) is handler  # put back for the caller
+
+
+def _raise_interrupt() -> int:
+    raise KeyboardInterrupt
