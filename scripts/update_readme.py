@@ -7,6 +7,8 @@
   of its plan has finished (``run.json``: complete), else of ``reproduction-quick/``.
 - ``benchmarks``: one line per ``benchmarks/*.json`` written by ``benchmarks/train_speed.py`` or
   ``benchmarks/lesion_sweep.py``.
+- ``vit``: do a ViT's blocks behave like an ensemble, and which are fragile? From the full
+  reproduction's tables (Veit Figs. 3, 5a, 5b on each bundled ``vit*`` beside ``resnet56``).
 
 Each block sits between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``. Usage:
 
@@ -179,6 +181,59 @@ def gallery(root: Path | None = None) -> str:
     return "\n".join(lines)
 
 
+def vit_answer(root: Path | None = None) -> str:
+    """The ViTs' single-block deletions, block by block, and their Fig. 3/5a/5b verdicts beside
+    resnet56's, read from ``root`` (default ``reproduction/``) once a ViT has been analysed."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from ablate.measures.stats import holm, tost_equivalent
+    from figures.verdicts import ALPHA, EQUIVALENCE_MARGIN
+    from figures.verdicts_lesion import delete_block, drop_blocks, reorder_blocks
+
+    root = root or ROOT / "reproduction"
+    table = root / "results" / "delete_block" / "results.csv"
+    df = pd.read_csv(table, usecols=lambda c: c not in ("correct", "intact_correct")) if (
+        table.exists()) else None
+    vits = [] if df is None else [m for m in df.model.unique() if m.startswith("vit")]
+    if not vits:
+        return (f"Not measured yet: `{root.name}/` holds no ViT. Train `vit_cifar` "
+                "(`scripts/train_vit_cpu.sh`), bundle it in `ablate/checkpoints/`, and rerun "
+                "`python -m ablate.reproduce`: its Figs. 3, 5a and 5b join the ResNets' there "
+                "and this block is filled from those tables.")
+    lines = []
+    for m in vits:
+        d = df[df.model == m].sort_values("block")
+        d = d.assign(p_holm=holm(d.p_value.tolist()))
+        n = int(d.n_images.iloc[0])
+        eq = [tost_equivalent(int(r.n_broken), int(r.n_fixed), n, EQUIVALENCE_MARGIN, ALPHA)
+              for r in d.itertuples()]
+        hurt = d[(d.p_holm < ALPHA) & (d.error_change > 0)]
+        worst = d.loc[d.error_change.idxmax()]
+        lines += [f"`{m}` (intact {d.intact_error.iloc[0]:.2%} test error, {n:,} images of "
+                  f"`{d.dataset.iloc[0]}`): {sum(eq)} of {len(d)} blocks equivalent to the intact "
+                  f"net within ±{100 * EQUIVALENCE_MARGIN:g} point when deleted alone; "
+                  f"{len(hurt)} raise its error significantly (exact McNemar, Holm over "
+                  f"{len(d)} blocks, p < {ALPHA:g}); the most fragile is "
+                  f"{worst.block_name} ({100 * worst.error_change:+.2f} points).", "",
+                  "| block deleted | error | change (points) | 95% paired interval | p (Holm) | "
+                  f"within ±{100 * EQUIVALENCE_MARGIN:g} point |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r.block_name} | {r.error:.2%} | {100 * r.error_change:+.2f} | "
+                  f"{100 * r.change_low:+.2f} to {100 * r.change_high:+.2f} | {r.p_holm:.2g} | "
+                  f"{'yes' if e else 'no'} |" for r, e in zip(d.itertuples(), eq, strict=True)]
+        lines.append("")
+    shown = [*vits, "resnet56"]
+    lines += ["Veit et al.'s ensemble findings on them, judged as in "
+              f"[`{root.name}/REPRODUCTION.md`]({root.name}/REPRODUCTION.md):", "",
+              "| finding | network | verdict | measured |", "|---|---|---|---|"]
+    for f in [*delete_block(root), *drop_blocks(root), *reorder_blocks(root)]:
+        net = f.ours.split(":")[0]
+        if net in shown and "(plain)" not in f.section:
+            lines.append(f"| {f.section} | `{net}` | {f.verdict} | "
+                         f"{f.ours.split(':', 1)[1].strip()} |")
+    return "\n".join(lines).rstrip()
+
+
 def fill(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
     if not pattern.search(text):
@@ -194,6 +249,7 @@ def main() -> None:
     text = fill(readme.read_text(), "models", models_table())
     text = fill(text, "gallery", gallery())
     text = fill(text, "benchmarks", benchmarks())
+    text = fill(text, "vit", vit_answer())
     if args.main_job:
         text = fill(text, "main-job", main_job(args.main_job))
     readme.write_text(text)

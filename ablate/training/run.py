@@ -24,6 +24,7 @@ from ablate.models import checkpoint
 from ablate.training import card as card_mod
 from ablate.training.config import Recipe, TrainConfig, lr_at, paper_recipe
 from ablate.training.loop import Shard, evaluate, grad_columns, grad_probe, train_epoch, zero_grads
+from ablate.training.precision import attention_kernel
 from ablate.training.precision import choose as choose_precision
 from ablate.training.state import load_state, save_state, set_rng_state, write_log
 
@@ -51,6 +52,7 @@ class _Run:
     gen: torch.Generator
     run: dict  # what a resume must match (training.state.load_state)
     precision_why: str = ""
+    math_attention: bool = False
     log: list[dict] = field(default_factory=list)
     start_epoch: int = 0
     step: int = 0
@@ -117,7 +119,7 @@ def _setup(config: TrainConfig, device: torch.device, train_data: Dataset | None
         "val_split": config.val_split, "world_size": world,
     }
     r = _Run(config, name, recipe, device, Shard(rank, world), amp, channels_last, out, splits,
-             train_ds, net, opt, gen, run, precision.why)
+             train_ds, net, opt, gen, run, precision.why, precision.math_attention)
     if config.resume:
         _resume(r)
     return r
@@ -241,10 +243,11 @@ def _epoch(r: _Run, fwd: nn.Module, eval_net: nn.Module, epoch: int) -> None:
                disable=True if not (r.main and r.config.progress) else None, unit="step")
     mean, std = data_mod.CIFAR10_MEAN, data_mod.CIFAR10_STD
     probe = grad_probe(r.net)
-    sums, gmean, r.step = train_epoch(
-        fwd, r.opt, *r.splits["train"], r.recipe, r.gen, r.step, mean=mean, std=std, amp=r.amp,
-        channels_last=r.channels_last, shard=r.shard, probe=probe, bar=bar,
-    )
+    with attention_kernel(r.math_attention):
+        sums, gmean, r.step = train_epoch(
+            fwd, r.opt, *r.splits["train"], r.recipe, r.gen, r.step, mean=mean, std=std,
+            amp=r.amp, channels_last=r.channels_last, shard=r.shard, probe=probe, bar=bar,
+        )
     if r.shard.world > 1:
         dist.all_reduce(sums)
     loss_sum, correct, count = sums.tolist()  # the one sync of the epoch's training
@@ -267,6 +270,7 @@ def _epoch(r: _Run, fwd: nn.Module, eval_net: nn.Module, epoch: int) -> None:
     r.train_seconds += seconds
     row |= {"images_per_s": _steps(r) * r.recipe.batch_size / t_train, "epoch_seconds": seconds,
             "amp": "bf16" if r.amp else "off", "channels_last": r.channels_last,
+            "attention": "math" if r.math_attention else "default",
             "device": card_mod.device_name(r.device),
             "train_step_seconds": t_train}  # training steps alone: no test or val pass
     row |= dict(zip(grad_columns(probe.n_blocks), gmean.tolist(), strict=True))

@@ -35,13 +35,15 @@ def test_fill_replaces_only_the_named_block():
         u.fill(text, "z", "")
 
 
-@pytest.mark.parametrize("name", ["models", "benchmarks", "gallery"])
+@pytest.mark.parametrize("name", ["models", "benchmarks", "gallery", "vit"])
 def test_readme_blocks_match_the_committed_files(name, monkeypatch):
     """Nobody edits a generated block by hand, and nobody forgets to regenerate it after a
-    checkpoint, benchmark or reproduction lands: run `python scripts/update_readme.py`."""
+    checkpoint, benchmark, reproduction or ViT analysis lands: run
+    `python scripts/update_readme.py`."""
     monkeypatch.delenv("ABLATE_CHECKPOINTS")  # the cards the package ships
     u = _module()
-    body = {"models": u.models_table, "benchmarks": u.benchmarks, "gallery": u.gallery}[name]()
+    body = {"models": u.models_table, "benchmarks": u.benchmarks, "gallery": u.gallery,
+            "vit": u.vit_answer}[name]()
     assert _block((ROOT / "README.md").read_text(), name) == body + "\n", (
         f"README.md's {name} block is stale: run python scripts/update_readme.py")
 
@@ -55,3 +57,30 @@ def test_stochastic_depth_twin_reported_beside_its_constant_twin():
     assert "`resnet110` 8.61%, `resnet110-sd` 9.12% test error, +0.51 points" in text
     assert "40 cosine epochs" in text and "6.41% -> 5.25%" in text  # beside Huang et al.'s
     assert u._sd_against_constant([const]) == [] and u._sd_against_constant([sd]) == []
+
+
+def test_vit_answer_reads_the_deletion_table_block_by_block(tmp_path):
+    """The ViT answer names the fragile block and counts equivalent ones from the table alone;
+    without a ViT in it, it says how to measure one instead of printing anything."""
+    import pandas as pd
+
+    u = _module()
+    assert u.vit_answer(tmp_path).startswith("Not measured yet")
+    n, rows = 10_000, []
+    for b in range(7):
+        broken, fixed = (900, 10) if b == 0 else (20, 15)  # block 0 fragile, the rest harmless
+        change = (broken - fixed) / n
+        rows.append({"model": "vit_cifar", "family": "torchvision_vit", "dataset": "cifar10",
+                     "n_images": n, "block": b, "block_name": f"encoder.layers.encoder_layer_{b}",
+                     "downsample": False, "intact_error": 0.10, "error": 0.10 + change,
+                     "error_change": change, "change_low": change - 0.004,
+                     "change_high": change + 0.004, "n_broken": broken, "n_fixed": fixed,
+                     "p_value": 1e-200 if b == 0 else 0.5})
+    (tmp_path / "results" / "delete_block").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(tmp_path / "results" / "delete_block" / "results.csv", index=False)
+    text = u.vit_answer(tmp_path)
+    assert "6 of 7 blocks equivalent" in text and "1 raise its error significantly" in text
+    assert "the most fragile is encoder.layers.encoder_layer_0 (+8.90 points)" in text
+    assert "| encoder.layers.encoder_layer_0 | 18.90% | +8.90 |" in text
+    assert "| Veit Fig. 3 | `vit_cifar` | reproduces |" in text  # judged as REPRODUCTION.md is
+

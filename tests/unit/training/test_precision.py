@@ -40,3 +40,15 @@ def test_ranges_group_consecutive_epochs_and_mark_old_rows():
     r = precision.ranges(log)
     assert [x["epochs"] for x in r] == ["1-2", "3-4", "5-5"]
     assert r[0]["amp"] == "not recorded" and r[1]["device"] == "Xeon" and r[2]["amp"] == "bf16"
+
+
+def test_transformers_on_cpu_train_under_the_math_attention_kernel():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert precision.choose(cpu, None, None, convolutional=False).math_attention
+    assert not precision.choose(cpu, None, None).math_attention
+    assert not precision.choose(cuda, None, None, convolutional=False).math_attention
+    q = torch.randn(2, 2, 5, 4, requires_grad=True)
+    with precision.attention_kernel(True):
+        out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    ref = torch.softmax(q @ q.transpose(-1, -2) / 2, -1) @ q
+    torch.testing.assert_close(out, ref)
