@@ -76,13 +76,16 @@ def attention_kernel(math: bool) -> contextlib.AbstractContextManager:
 
 
 def ranges(log: list[dict]) -> list[dict]:
-    """Consecutive epochs trained alike: [{"epochs": "1-19", "amp", "channels_last", "device"}].
+    """Consecutive epochs trained alike: [{"epochs": "1-19", "amp", "channels_last", "device"}],
+    and "attention" (the SDPA kernel) where the log records it.
 
     Rows from before these columns were logged read as "not recorded".
     """
     out: list[dict] = []
+    keys = ("amp", "channels_last", "device") + (
+        ("attention",) if any("attention" in row for row in log) else ())
     for row in log:
-        key = {k: row.get(k, "not recorded") for k in ("amp", "channels_last", "device")}
+        key = {k: row.get(k, "not recorded") for k in keys}
         if out and {k: out[-1][k] for k in key} == key:
             out[-1]["last"] = row["epoch"]
         else:

@@ -40,6 +40,12 @@ def test_ranges_group_consecutive_epochs_and_mark_old_rows():
     r = precision.ranges(log)
     assert [x["epochs"] for x in r] == ["1-2", "3-4", "5-5"]
     assert r[0]["amp"] == "not recorded" and r[1]["device"] == "Xeon" and r[2]["amp"] == "bf16"
+    assert "attention" not in r[0]  # a log that never recorded the kernel
+    log += [{"epoch": 6, "amp": "bf16", "channels_last": True, "device": "EPYC",
+             "attention": "math"}]
+    r = precision.ranges(log)
+    assert [(x["epochs"], x["attention"]) for x in r][-2:] == [("5-5", "not recorded"),
+                                                                 ("6-6", "math")]
 
 
 def test_transformers_on_cpu_train_under_the_math_attention_kernel():
