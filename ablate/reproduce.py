@@ -333,6 +333,8 @@ def _write_run(out: Path, args: argparse.Namespace, argv: Sequence[str] | None,
         "steps": steps, "finished": finished, "complete": set(steps) <= set(finished),
         "settings_why": {} if args.quick else WHY,
         "wall_seconds": {**old.get("wall_seconds", {}), **times}, "wall_seconds_total": total,
+        **({"wall_seconds_untimed": old["wall_seconds_untimed"]}
+           if "wall_seconds_untimed" in old else {}),
         "argv": list(argv) if argv is not None else sys.argv[1:],
     })
 

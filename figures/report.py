@@ -22,7 +22,7 @@ from figures.verdicts import Finding, read
 from figures.verdicts_degradation import degradation
 from figures.verdicts_paths import HUANG_2016
 
-__all__ = ["SECTIONS", "Finding", "findings", "write_report"]
+__all__ = ["SECTIONS", "Finding", "findings", "wall_seconds", "write_report"]
 
 # Quoted from the papers (see shared REFERENCES.md); never measured here.
 HE_2015 = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97,
@@ -68,14 +68,22 @@ def _by_analysis(root: Path) -> list[tuple[str, Finding]]:
     return [(a, f) for a, section in SECTIONS.items() for f in section(root)]
 
 
+def wall_seconds(run: dict) -> dict[str, float]:
+    """Each analysis' wall time from run.json: the timed invocations' sum, plus
+    ``wall_seconds_untimed`` (time read from the log of invocations whose stop went uncounted)."""
+    total = dict(run.get("wall_seconds_total", run.get("wall_seconds", {})))
+    for k, v in run.get("wall_seconds_untimed", {}).items():
+        total[k] = float(total.get(k, 0.0)) + float(v)
+    return total
+
+
 def _measured(root: Path, analysis: str, run: dict) -> str:
     """Where and how long: the analysis' images, device and wall time (summed over resumed
     invocations), from its meta.json and run.json."""
     _, meta = read(root, analysis)
     if not meta:
         return "-"
-    wall = run.get("wall_seconds_total", run.get("wall_seconds", {})).get(
-        analysis, meta.get("wall_seconds"))
+    wall = wall_seconds(run).get(analysis, meta.get("wall_seconds"))
     n = meta.get("data", {}).get("n_images")
     return (f"{'' if n is None else f'{n} images; '}{meta.get('device')}; "
             f"{'n/a' if wall is None else f'{float(wall) / 60:.1f} min'}")
@@ -195,8 +203,11 @@ def write_report(root: str | Path) -> Path:
         f"- Hardware: {m0.get('device')}; versions: torch {m0.get('versions', {}).get('torch')}",
         f"- Code: commit {m0.get('git_commit')}; generated {m0.get('utc')}",
         "- Wall time per analysis (min, summed over resumed invocations): "
-        + ", ".join(f"{k} {float(v) / 60:.1f}" for k, v in run.get(
-            "wall_seconds_total", run.get("wall_seconds", {})).items()),
+        + ", ".join(f"{k} {float(v) / 60:.1f}" + (
+            f" ({float(run['wall_seconds_untimed'][k]) / 60:.1f} of it read from the progress "
+            "bars of invocations stopped before stops were timed)"
+            if k in run.get("wall_seconds_untimed", {}) else "")
+            for k, v in wall_seconds(run).items()),
         *_plan(run),
         "",
         *([("The data set is a JPEG (quality 75) copy of CIFAR-10: absolute errors are not "

@@ -162,7 +162,9 @@ def gallery(root: Path | None = None) -> str:
         "complete")
     root = root or (full if done else ROOT / "reproduction-quick")
     run = json.loads((root / "run.json").read_text()) if (root / "run.json").exists() else {}
-    wall = run.get("wall_seconds_total") or run.get("wall_seconds") or {}
+    from figures.report import wall_seconds
+
+    wall = wall_seconds(run)
     argv = " ".join(run.get("argv", []))
     lines = [f"`python -m ablate.reproduce {argv}`".replace(" `", "`") + " wrote "
              f"[`{root.name}/REPRODUCTION.md`]({root.name}/REPRODUCTION.md) "

@@ -41,7 +41,8 @@ def device_name(device: torch.device | str) -> str:
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    return f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"cpu ({cpu_name()}, {n} thread{'' if n == 1 else 's'})"
 
 
 def git_commit() -> str | None:

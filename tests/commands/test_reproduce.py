@@ -65,11 +65,14 @@ def test_quick_reproduction_is_complete_and_idempotent(tmp_path, zoo, image_fold
     monkeypatch.setattr(sweep_module, "evaluate_variants", spy)
     before = {a: pd.read_csv(out / "results" / a / "results.csv") for a in analyses[:3]}
     first = json.loads((out / "run.json").read_text())
+    untimed = {"delete_block": 123.0}  # recovered once from a log: later runs keep it
+    (out / "run.json").write_text(json.dumps(first | {"wall_seconds_untimed": untimed}))
     assert reproduce.main(args) == 0
     assert calls == []
     run = json.loads((out / "run.json").read_text())
     assert run["plan"]["resnets"] == ["resnet20"] and run["plan"]["plain"] == "plain20"
     assert set(run["wall_seconds_total"]) == set(analyses)
+    assert run["wall_seconds_untimed"] == untimed
     assert first["complete"] and run["complete"] and set(run["finished"]) == set(analyses)
     for a in analyses:  # wall time sums over invocations
         assert run["wall_seconds_total"][a] == pytest.approx(
@@ -173,6 +176,7 @@ def test_a_stopped_run_keeps_the_wall_time_of_every_step_it_ran(tmp_path, zoo, m
     run = json.loads((out / "run.json").read_text())
     # the stopped step's time counts (its rows so far are kept), but it is not finished
     assert set(run["wall_seconds_total"]) == {"degradation", "gradnorm", "delete_block"}
+    assert "wall_seconds_untimed" not in run  # only ever recovered from a log, never invented
     assert run["finished"] == ["degradation", "gradnorm"] and not run["complete"]
     assert run["steps"][:3] == ["degradation", "gradnorm", "delete_block"]
     assert signal.getsignal(signal.SIGTERM) is handler  # put back for the caller

@@ -47,3 +47,11 @@ def test_a_step_that_has_not_finished_withholds_its_verdict(tmp_path):
     assert out["gradnorm"].verdict == "partly"  # finished: judged
     assert out["paths"].verdict == "not run"  # nothing measured yet
     assert report._pending(found, {}, tmp_path) == found  # no plan (a single analysis): judged
+
+
+def test_wall_time_adds_what_the_log_recovered_of_untimed_invocations():
+    run = {"wall_seconds_total": {"degradation": 60.0, "delete_block": 600.0},
+           "wall_seconds_untimed": {"delete_block": 1200.0, "paths": 30.0}}
+    assert report.wall_seconds(run) == {"degradation": 60.0, "delete_block": 1800.0,
+                                        "paths": 30.0}
+    assert report.wall_seconds({"wall_seconds": {"a": 5.0}}) == {"a": 5.0}  # older run.json
