@@ -64,8 +64,10 @@ def _residual_deletion(model: str, d: pd.DataFrame, fig_: str | None) -> Finding
             f"({len(rest)}): median change {100 * med:+.2f} points, largest "
             f"{100 * rest.error_change.max():+.2f}; {sum(eq)} of {len(rest)} shown equivalent "
             f"within ±{100 * EQUIVALENCE_MARGIN:g} point; blocks that hurt (exact McNemar, Holm "
-            f"over {len(d)} blocks, p < {ALPHA:g}): {_names(hurt)}; downsampling blocks "
-            f"({len(down)}): mean change {100 * down.error_change.mean():+.2f} points")
+            f"over {len(d)} blocks, p < {ALPHA:g}): {_names(hurt)}; "
+            + (f"downsampling blocks ({len(down)}): mean change "
+               f"{100 * down.error_change.mean():+.2f} points" if len(down) else
+               "no downsampling blocks"))
     return Finding(section, claim, ours, "reproduces" if ok else "does not reproduce", crit,
                    fig_)
 
@@ -74,7 +76,8 @@ def _names(d: pd.DataFrame) -> str:
     if d.empty:
         return "none"
     tags = [f"{int(r.block)}{'*' if r.downsample else ''}" for r in d.itertuples()]
-    return f"{len(d)} ({', '.join(tags)}; * downsampling)"
+    key = "; * downsampling" if d.downsample.astype(bool).any() else ""
+    return f"{len(d)} ({', '.join(tags)}{key})"
 
 
 def _fig8(root: Path, df: pd.DataFrame, fig_: str | None) -> list[Finding]:

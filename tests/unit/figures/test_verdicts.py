@@ -63,6 +63,14 @@ def test_fig3_residual(tmp_path):
     assert _one(lesion.delete_block(bad), "Veit Fig. 3").verdict == "does not reproduce"
 
 
+def test_fig3_on_a_net_without_downsampling_blocks(tmp_path):
+    """A ViT: every block keeps the shape; the text says so rather than averaging nothing."""
+    df = _deletions("vit_cifar", "torchvision_vit", 5, 5).assign(downsample=False)
+    f = _one(lesion.delete_block(_write(tmp_path, "delete_block", df)), "Veit Fig. 3")
+    assert f.verdict == "reproduces" and "no downsampling blocks" in f.ours
+    assert "nan" not in f.ours and "9 of 9 shown equivalent" in f.ours
+
+
 def test_fig3_no_change_needs_equivalence_not_a_large_p(tmp_path):
     """Few images: every p is large, but nothing is shown equivalent, so no "no change"."""
     df = _deletions("resnet20", "resnet", 5, 600).assign(n_images=60, n_broken=1)
