@@ -98,10 +98,10 @@ def _pending(found: list[tuple[str, Finding]], run: dict, root: Path
     for a, f in found:
         if a in steps and a not in done and f.verdict != "not run":
             df, _ = read(root, a)
-            rows = 0 if df is None else len(df)
+            so_far = (f"its step, {a}, has not run yet" if df is None else
+                      f"partial table, {len(df)} rows so far")
             f = replace(f, verdict="in progress",
-                        ours=f"{f.ours} (partial table, {rows} rows so far; the verdict waits "
-                             f"for the step to finish)")
+                        ours=f"{f.ours} ({so_far}; the verdict waits for the step to finish)")
         out.append((a, f))
     return out
 

@@ -103,9 +103,9 @@ def _fig8(root: Path, df: pd.DataFrame, fig_: str | None) -> list[Finding]:
     ours = (f"{len(common)} blocks deleted one at a time from each: mean error change "
             f"{const} {100 * a.error_change.mean():+.2f}, {sd} {100 * b.error_change.mean():+.2f} "
             f"points; difference {100 * diff:+.2f} (95% paired interval {100 * lo:+.2f} to "
-            f"{100 * hi:+.2f}); at the downsampling blocks "
-            f"{100 * dd[down].mean() if down.any() else float('nan'):+.2f}, elsewhere "
-            f"{100 * dd[~down].mean() if (~down).any() else float('nan'):+.2f} points")
+            f"{100 * hi:+.2f})"
+            + (f"; at the downsampling blocks {100 * dd[down].mean():+.2f}, elsewhere "
+               f"{100 * dd[~down].mean():+.2f} points" if down.any() and (~down).any() else ""))
     return [Finding("Veit Fig. 8", claim, ours, "reproduces" if hi < 0 else "does not reproduce",
                     crit, fig_)]
 

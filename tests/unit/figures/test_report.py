@@ -46,6 +46,12 @@ def test_a_step_that_has_not_finished_withholds_its_verdict(tmp_path):
     assert "3 rows so far" in out["delete_block"].ours
     assert out["gradnorm"].verdict == "partly"  # finished: judged
     assert out["paths"].verdict == "not run"  # nothing measured yet
+    # a finding judged from other steps' tables while its own step has not run (Huang Table 1)
+    early = [("training_curves", Finding("Huang et al. Table 1", "c", "8.6% vs 10.0%", "reproduces",
+                                         "k"))]
+    run = {"steps": ["training_curves"], "finished": []}
+    (f,) = (f for _, f in report._pending(early, run, tmp_path))
+    assert f.verdict == "in progress" and "its step, training_curves, has not run yet" in f.ours
     assert report._pending(found, {}, tmp_path) == found  # no plan (a single analysis): judged
 
 
