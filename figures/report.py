@@ -192,6 +192,7 @@ def write_report(root: str | Path) -> Path:
              for m in [read(root, a)[1]] if m]
     m0 = metas[0] if metas else {}
     data = m0.get("data", {})
+    untimed = run.get("wall_seconds_untimed", {})
     lines = [
         "# Reproduction report",
         "",
@@ -204,9 +205,8 @@ def write_report(root: str | Path) -> Path:
         f"- Code: commit {m0.get('git_commit')}; generated {m0.get('utc')}",
         "- Wall time per analysis (min, summed over resumed invocations): "
         + ", ".join(f"{k} {float(v) / 60:.1f}" + (
-            f" ({float(run['wall_seconds_untimed'][k]) / 60:.1f} of it read from the progress "
-            "bars of invocations stopped before stops were timed)"
-            if k in run.get("wall_seconds_untimed", {}) else "")
+            f" ({float(untimed[k]) / 60:.1f} of it read from the progress bars of invocations "
+            "stopped before stops were timed)" if k in untimed else "")
             for k, v in wall_seconds(run).items()),
         *_plan(run),
         "",

@@ -25,7 +25,7 @@ from figures.verdicts import (
     twins,
 )
 
-__all__ = ["delete_block", "drop_blocks", "reorder_blocks"]
+__all__ = ["delete_block", "deletion_tests", "drop_blocks", "reorder_blocks"]
 
 
 def _plain_deletion(model: str, d: pd.DataFrame, fig_: str | None) -> Finding:
@@ -51,12 +51,10 @@ def _residual_deletion(model: str, d: pd.DataFrame, fig_: str | None) -> Finding
     if "n_broken" not in d:
         return Finding(section, claim, f"{model}: table predates the paired counts", "not run",
                        crit + "; rerun delete_block", fig_)
-    d = d.assign(p_holm=holm(d.p_value.tolist()))
+    d = deletion_tests(d)
     down, rest = d[d.downsample.astype(bool)], d[~d.downsample.astype(bool)]
-    n = int(d.n_images.iloc[0])
-    eq = [tost_equivalent(int(r.n_broken), int(r.n_fixed), n, EQUIVALENCE_MARGIN, ALPHA)
-          for r in rest.itertuples()]
-    hurt = d[(d.p_holm < ALPHA) & (d.error_change > 0)]
+    eq = rest.equivalent.tolist()
+    hurt = d[d.hurts]
     med = rest.error_change.median()
     ok = bool(rest.size) and np.mean(eq) >= 0.5 and (
         down.empty or down.error_change.mean() > med)
@@ -70,6 +68,18 @@ def _residual_deletion(model: str, d: pd.DataFrame, fig_: str | None) -> Finding
                "no downsampling blocks"))
     return Finding(section, claim, ours, "reproduces" if ok else "does not reproduce", crit,
                    fig_)
+
+
+def deletion_tests(d: pd.DataFrame) -> pd.DataFrame:
+    """One network's single-block deletions with the per-block tests the verdicts use:
+    ``p_holm`` (McNemar, Holm over its blocks), ``hurts`` (significant and harmful) and
+    ``equivalent`` (TOST within ``EQUIVALENCE_MARGIN``)."""
+    n = int(d.n_images.iloc[0])
+    d = d.assign(p_holm=holm(d.p_value.tolist()))
+    return d.assign(
+        hurts=(d.p_holm < ALPHA) & (d.error_change > 0),
+        equivalent=[tost_equivalent(int(r.n_broken), int(r.n_fixed), n, EQUIVALENCE_MARGIN,
+                                    ALPHA) for r in d.itertuples()])
 
 
 def _names(d: pd.DataFrame) -> str:

@@ -189,9 +189,8 @@ def vit_answer(root: Path | None = None) -> str:
     import sys
 
     sys.path.insert(0, str(ROOT))
-    from ablate.measures.stats import holm, tost_equivalent
     from figures.verdicts import ALPHA, EQUIVALENCE_MARGIN
-    from figures.verdicts_lesion import delete_block, drop_blocks, reorder_blocks
+    from figures.verdicts_lesion import delete_block, deletion_tests, drop_blocks, reorder_blocks
 
     root = root or ROOT / "reproduction"
     table = root / "results" / "delete_block" / "results.csv"
@@ -205,12 +204,10 @@ def vit_answer(root: Path | None = None) -> str:
                 "and this block is filled from those tables.")
     lines = []
     for m in vits:
-        d = df[df.model == m].sort_values("block")
-        d = d.assign(p_holm=holm(d.p_value.tolist()))
+        d = deletion_tests(df[df.model == m].sort_values("block"))
         n = int(d.n_images.iloc[0])
-        eq = [tost_equivalent(int(r.n_broken), int(r.n_fixed), n, EQUIVALENCE_MARGIN, ALPHA)
-              for r in d.itertuples()]
-        hurt = d[(d.p_holm < ALPHA) & (d.error_change > 0)]
+        eq = d.equivalent.tolist()
+        hurt = d[d.hurts]
         worst = d.loc[d.error_change.idxmax()]
         lines += [f"`{m}` (intact {d.intact_error.iloc[0]:.2%} test error, {n:,} images of "
                   f"`{d.dataset.iloc[0]}`): {sum(eq)} of {len(d)} blocks equivalent to the intact "
