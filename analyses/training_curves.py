@@ -39,7 +39,7 @@ def _card(path: Path, name: str) -> dict:
 
 
 def read_log(path: str | Path, name: str | None = None) -> pd.DataFrame:
-    """One trainer log as tidy rows (every numeric column except ``epoch`` is a metric)."""
+    """One trainer log as tidy rows (every numeric column but ``epoch`` and flags is a metric)."""
     path = Path(path)
     if path.is_dir():  # a run folder: its log.csv
         if not (path / "log.csv").is_file():
@@ -62,7 +62,9 @@ def read_log(path: str | Path, name: str | None = None) -> pd.DataFrame:
     df["epoch"] = epoch.astype(int)
     name = name or model_name(path)
     card = _card(path, name)
-    metrics = [c for c in df.columns if c != "epoch" and pd.api.types.is_numeric_dtype(df[c])]
+    # True/False columns (channels_last) describe how an epoch ran; they are not measurements
+    metrics = [c for c in df.columns if c != "epoch" and pd.api.types.is_numeric_dtype(df[c])
+               and not pd.api.types.is_bool_dtype(df[c])]
     long = df.melt(id_vars="epoch", value_vars=metrics, var_name="metric", value_name="value")
     long.insert(0, "family", models.family(name, card, default="resnet"))
     long.insert(0, "model", name)

@@ -12,13 +12,15 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
+
 from ablate._infra.io import write_text
 from ablate.models import checkpoint
 from ablate.models.blocks import blocks
 from analyses import registry
 from figures import verdicts_lesion as lesion
 from figures import verdicts_paths as vpaths
-from figures.verdicts import Finding, read
+from figures.verdicts import Finding, pct, read
 from figures.verdicts_degradation import degradation
 from figures.verdicts_paths import HUANG_2016
 
@@ -166,7 +168,25 @@ def _network_facts(name: str) -> str:
         how = (f"ablate.train, {card.get('epochs')} epochs, "
                f"{(card.get('recipe') or {}).get('schedule')} schedule; deviations: "
                + "; ".join(card.get("deviations") or ["none"]))
+        how += _last_epochs(loaded.path, card)
     return f"{name}: {n} residual blocks or plain layers, {how}"
+
+
+def _last_epochs(weights: str | None, card: dict) -> str:
+    """How far the run had got, from its log: the final train error (measured under the
+    training-time regularisers: dropped blocks, mixing) and the test error's last five epochs,
+    which say whether the schedule ended before the net had fit its data."""
+    log = Path(weights).with_name(card["log"]) if weights and card.get("log") else None
+    if log is None or not log.is_file():
+        return ""
+    df = pd.read_csv(log)
+    if not {"train_error", "test_error"} <= set(df.columns) or df.empty:
+        return ""
+    last = df.tail(5)
+    test = ", ".join(f"{100 * v:.2f}" for v in last["test_error"])
+    return (f"; at its last epoch ({int(df['epoch'].iloc[-1])}): train error "
+            f"{pct(df['train_error'].iloc[-1])} (as trained, with its regularisers on), test "
+            f"error over the last {len(last)} epochs {test}%")
 
 
 def _plan(run: dict) -> list[str]:

@@ -165,15 +165,14 @@ def gallery(root: Path | None = None) -> str:
     from figures.report import wall_seconds
 
     wall = wall_seconds(run)
-    argv = " ".join(run.get("argv", []))
+    argv = " ".join(_whole_run(run.get("argv", [])))
     lines = [f"`python -m ablate.reproduce {argv}`".replace(" `", "`") + " wrote "
              f"[`{root.name}/REPRODUCTION.md`]({root.name}/REPRODUCTION.md) "
              f"({'quick run: reduced images and samples; ' if run.get('quick') else ''}"
              f"{_duration(sum(map(float, wall.values())))} of wall time in all). Its verdicts, "
              "each with its one-line criterion there:", "",
              "| finding | verdict |", "|---|---|"]
-    lines += [f"| {f.section}: {f.ours.split(':')[0][:60]} | {f.verdict} |"
-              for f in findings(root)]
+    lines += [f"| {f.section}: {_networks(f.ours)} | {f.verdict} |" for f in findings(root)]
     pngs = sorted(root.glob("results/*/*.png"))
     lines += ["", "| | |", "|---|---|"]
     for i in range(0, len(pngs), 2):
@@ -181,6 +180,29 @@ def gallery(root: Path | None = None) -> str:
         lines.append("| " + " | ".join(f"**{p.stem}**<br>![{p.stem}]({p.relative_to(ROOT)})"
                                        for p in pair) + (" | |" if len(pair) == 1 else " |"))
     return "\n".join(lines)
+
+
+def _whole_run(argv: list[str]) -> list[str]:
+    """The last invocation's arguments without ``--only A B ...``: the command of the whole run
+    (a step rerun alone resumes it; the rest of the run is reused, not recomputed)."""
+    out, skipping = [], False
+    for a in argv:
+        if a == "--only":
+            skipping = True
+        elif not (skipping and not a.startswith("-")):
+            skipping = False
+            out.append(a)
+    return out
+
+
+def _networks(ours: str) -> str:
+    """The bundled networks a finding names (its first clause where it names none)."""
+    from ablate.models.checkpoint import bundled_names
+
+    names = [n for n in bundled_names() if re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", ours)]
+    if not names:
+        return ours.split(":")[0][:60]
+    return ", ".join(names) if len(names) <= 3 else f"{len(names)} networks"
 
 
 def vit_answer(root: Path | None = None) -> str:

@@ -129,6 +129,8 @@ def _log(path, lr, sd: float | None) -> None:
         "test_loss": 1.1 / ep, "test_error": 0.5 / ep + 0.05, "images_per_s": 1e3,
         "epoch_seconds": 9.0, "grad_norm_conv1": g * 10, "grad_mean_abs_first_block_conv1": g,
         "grad_norm_block_0": g, "grad_norm_block_1": g,
+        # how each epoch ran, as the trainer logs it: not metrics
+        "amp": "bf16", "channels_last": True, "device": "AMD EPYC",
     }).to_csv(path, index=False)
     card = {"arch": "resnet20", "name": path.name.removesuffix(".log.csv"),
             "stochastic_depth": None if sd is None else {"rule": "linear", "p_L": sd}}
@@ -141,7 +143,7 @@ def test_training_curves(tmp_path):
     _log(tmp_path / "sd.log.csv", step, 0.5)
     df = tc.read_logs([tmp_path / "const.log.csv", tmp_path / "sd.log.csv"])
     assert set(df.columns) >= {"model", "family", "epoch", "metric", "value"}
-    assert len(df) == 2 * 8 * 11
+    assert len(df) == 2 * 8 * 11 and pd.api.types.is_float_dtype(df["value"])
     assert dict(df.drop_duplicates("model")[["model", "family"]].values) == {
         "const": "resnet", "sd": "stochastic_depth"}
     first = df[(df.model == "sd") & (df.metric == tc.FIRST_CONV)].sort_values("epoch")

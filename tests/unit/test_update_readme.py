@@ -84,3 +84,18 @@ def test_vit_answer_reads_the_deletion_table_block_by_block(tmp_path):
     assert "| encoder.layers.encoder_layer_0 | 18.90% | +8.90 |" in text
     assert "| Veit Fig. 3 | `vit_cifar` | reproduces |" in text  # judged as REPRODUCTION.md is
 
+
+
+def test_gallery_names_the_whole_run_and_the_networks_of_each_finding(tmp_path, monkeypatch):
+    """A step rerun alone (--only) resumes the run: the gallery shows the run's command; each
+    finding is labelled by the bundled networks it names, not a clipped sentence."""
+    u = _module()
+    argv = ["--device", "cpu", "--only", "attribution", "training_curves", "--out", "r"]
+    assert u._whole_run(argv) == ["--device", "cpu", "--out", "r"]
+    assert u._whole_run(["--only", "paths"]) == []
+    for n in ("resnet110", "resnet110-sd", "resnet1"):  # names only: the card is not read
+        (tmp_path / f"{n}.safetensors").touch()
+    monkeypatch.setenv("ABLATE_CHECKPOINTS", str(tmp_path))
+    assert u._networks("resnet110 8.6%, resnet110-sd 10.0% on the same images") == \
+        "resnet110, resnet110-sd"
+    assert u._networks("no net: just words, here") == "no net"
