@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/NAME)")
     p.add_argument("--name", help="checkpoint name (default MODEL or MODEL-sd)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--change-device", action="store_true",
+                   help="with --resume: continue a last.pt written on another kind of device "
+                   "(GPU <-> CPU); the data order from there on is freshly seeded, and the "
+                   "card says which epochs ran where")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,

@@ -5,6 +5,8 @@
 # an atomic last.pt: run this script again (after a reboot, a kill, a new session) and it resumes
 # from the last finished epoch, bitwise as if uninterrupted.
 #   bash scripts/train_vit_cpu.sh            # start or resume; prints the log's path
+#   OUT=~/ablate-runs/vit_cifar_gpu bash scripts/train_vit_cpu.sh --change-device
+#                                            # finish a run begun on a GPU (scripts/gpu_vit.py)
 #   tail -n 3 ~/ablate-runs/vit_cifar.log    # progress, one line per epoch
 # bf16 autocast (native on AVX512-BF16/AMX CPUs; 2.5x fp32 here), NCHW (the trainer's default for
 # ViTs: channels-last only slows the patch embedding), the math attention kernel (the trainer's
@@ -21,5 +23,5 @@ mkdir -p "$(dirname "$OUT")"
 RESUME=$([ -f "$OUT/last.pt" ] && echo --resume || true)
 OMP_NUM_THREADS=$THREADS PYTHONUNBUFFERED=1 setsid nohup bash scripts/lowprio.sh 10 \
   "$PYTHON" -m ablate.train --model vit_cifar --data "$DATA" --amp bf16 --no-channels-last \
-  --seed 0 --out "$OUT" --no-progress $RESUME >> "$OUT.log" 2>&1 < /dev/null &
+  --seed 0 --out "$OUT" --no-progress $RESUME "$@" >> "$OUT.log" 2>&1 < /dev/null &
 echo "vit_cifar training in the background (pid $!), log $OUT.log"

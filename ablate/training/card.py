@@ -36,7 +36,8 @@ def card(
         "deviations": _precision_note(
             deviations(config, recipe, paper, train_ds.name, amp, world, len(train_ds),
                        # a CIFAR ResNet is one side of Huang et al.'s comparison either way
-                       stochastic=sd is not None or config.model.startswith("resnet")), log),
+                       stochastic=sd is not None or config.model.startswith("resnet")), log)
+        + _device_note(log),
         "epochs": recipe.epochs,
         "seed": config.seed,
         "stochastic_depth": None if sd is None else {"rule": "linear", "p_L": sd,
@@ -76,6 +77,22 @@ def _precision_note(devs: list[str], log: list[dict]) -> list[str]:
     note = f"bf16 autocast instead of fp32 for training steps (epochs {', '.join(bf16)}); " \
            "evaluation in fp32"
     return [note if d == "bf16 autocast instead of fp32" else d for d in devs]
+
+
+def _device_note(log: list[dict]) -> list[str]:
+    """A run moved between devices (``--change-device``) says where each span of epochs ran."""
+    spans: list[list] = []
+    for row in log:
+        dev = row.get("device", "not recorded")
+        if spans and spans[-1][0] == dev:
+            spans[-1][2] = row["epoch"]
+        else:
+            spans.append([dev, row["epoch"], row["epoch"]])
+    if len(spans) < 2:
+        return []
+    where = ", ".join(f"epochs {a}-{b} on {d}" for d, a, b in spans)
+    return [f"trained on more than one device ({where}); resumed with --change-device, so the "
+            "data order after each move is a fresh draw, not the one an unmoved run would take"]
 
 
 def _recipe_deviations(recipe: Recipe, paper: Recipe, source: str) -> list[str]:

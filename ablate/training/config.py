@@ -168,6 +168,7 @@ class TrainConfig:
     out: str | None = None  # default runs/NAME
     name: str | None = None  # default <model> or <model>-sd
     resume: bool = False
+    change_device: bool = False  # resume a last.pt from another kind of device (data reseeded)
     device: str = "auto"
     compile: bool = False
     channels_last: bool | None = None  # None: on, off for ViTs (training.precision.choose)
@@ -208,6 +209,8 @@ class TrainConfig:
                              "train a resnet*/preact_resnet*")
         self.run_name()
         self.recipe()
+        if self.change_device and not self.resume:
+            raise UsageError("--change-device continues a run: add --resume")
         if self.amp not in (None, "bf16", "off"):
             raise UsageError(f"unknown --amp {self.amp!r}: use bf16 or off")
         for flag, v in (("--limit-train", self.limit_train), ("--limit-test", self.limit_test)):

@@ -201,11 +201,14 @@ def _resume(r: _Run) -> None:
     st = load_state(r.state_path, r.run)
     r.net.load_state_dict(st["model"])
     r.opt.load_state_dict(st["optimizer"])
-    set_rng_state(st["rng"], r.gen, r.device)
+    reseed = (r.config.seed + 1_000_003 * st["epoch"]) if r.config.change_device else None
+    moved = set_rng_state(st["rng"], r.gen, r.device, reseed)
     r.start_epoch, r.step, r.log = st["epoch"], st["step"], list(st["log"])
     r.train_seconds = float(st["train_seconds"])
     if r.main:
-        print(f"resuming {r.name} from {r.state_path} after epoch {r.start_epoch}", flush=True)
+        print(f"resuming {r.name} from {r.state_path} after epoch {r.start_epoch}"
+              + (f", moved from {st['rng']['data_device']} to {r.device.type} (data generator "
+                 f"reseeded with {reseed})" if moved else ""), flush=True)
 
 
 def _wrap(r: _Run) -> tuple[nn.Module, nn.Module]:

@@ -32,16 +32,29 @@ def rng_state(gen: torch.Generator, device: torch.device) -> dict:
     return state
 
 
-def set_rng_state(state: dict, gen: torch.Generator, device: torch.device) -> None:
-    if state["data_device"] != device.type:
+def set_rng_state(state: dict, gen: torch.Generator, device: torch.device,
+                  reseed: int | None = None) -> bool:
+    """Restore the generators; True when ``last.pt`` came from another kind of device.
+
+    The data generator lives on the device, and a CUDA generator's state means nothing to a CPU
+    one: a run moved between kinds (``reseed`` given, i.e. ``--change-device``) seeds it afresh
+    with ``reseed``, so from there on its data order is another, equally random draw.
+    """
+    moved = state["data_device"] != device.type
+    if moved and reseed is None:
         raise UsageError(
             f"last.pt was written on {state['data_device']}, not {device.type}: resume with "
-            f"--device {state['data_device']} (the data order depends on the device)"
+            f"--device {state['data_device']} (the data order depends on the device), or add "
+            "--change-device to continue here with a freshly seeded data order"
         )
     torch.set_rng_state(state["torch"])
-    gen.set_state(state["data"])
-    if device.type == "cuda" and "cuda" in state:
+    if moved:
+        gen.manual_seed(reseed)
+    else:
+        gen.set_state(state["data"])
+    if device.type == "cuda" and "cuda" in state and not moved:
         torch.cuda.set_rng_state(state["cuda"], device)
+    return moved
 
 
 def load_state(path: Path, run: dict) -> dict:

@@ -113,3 +113,33 @@ def test_card_records_training_step_time_apart_from_evaluation(tmp_path):
     huang = [d for d in card["deviations"] if "Huang" in d]
     assert any("epochs 2 instead of 500" in d for d in huang)
     assert any("nesterov False instead of True" in d for d in huang)
+
+
+def test_a_state_from_another_kind_of_device_resumes_only_when_asked(tmp_path):
+    """A last.pt written on a GPU (its data generator's state is a CUDA one) is refused on the
+    CPU with a message naming --change-device; with it, the run continues from the saved weights
+    and optimizer, and the card says which epochs ran where."""
+    import json
+
+    import pytest
+
+    from ablate._infra.errors import UsageError
+
+    tr, te = _data(48, "train", 0), _data(8, "test", 1)
+    train(_config(tmp_path, stop_after=1), train_data=tr, test_data=te)
+    path = tmp_path / "last.pt"
+    st = torch.load(path, weights_only=True)
+    st["rng"]["data_device"] = "cuda"  # as the GPU run wrote it
+    st["rng"]["data"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state
+    st["log"][0]["device"] = "NVIDIA H200"
+    torch.save(st, path)
+    with pytest.raises(UsageError, match="--change-device"):
+        train(_config(tmp_path, resume=True), train_data=tr, test_data=te)
+    with pytest.raises(UsageError, match="--resume"):
+        _config(tmp_path, change_device=True).validate()
+    weights = train(_config(tmp_path, resume=True, change_device=True), train_data=tr,
+                    test_data=te)
+    card = json.loads(weights.with_suffix(".json").read_text())
+    assert card["precision_by_epochs"][0]["device"] == "NVIDIA H200"
+    moved = [d for d in card["deviations"] if "more than one device" in d]
+    assert moved and "epochs 1-1 on NVIDIA H200" in moved[0] and "epochs 2-2 on" in moved[0]
