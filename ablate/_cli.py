@@ -40,8 +40,7 @@ def parser(
     ``demo_limit``: with no --model and no --limit, the default models run on this many images
     (the first N, class-balanced), so the no-argument demo finishes in a few minutes.
     """
-    p = ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=description)
     p.set_defaults(default_models=list(default_models), demo_limit=demo_limit)
     p.add_argument("--model", nargs="+", default=None, metavar="NAME",
                    help="registry or bundled-checkpoint names; several share one table and "
@@ -67,7 +66,7 @@ def parser(
                    help="images per batch (default: 512 on a GPU, 128 on the CPU)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", default=None, help="output folder")
-    p.add_argument("--seed", type=non_negative, default=0)
+    p.add_argument("--seed", type=non_negative, default=0, help="seed of every random draw")
     p.add_argument("--no-figure", action="store_true", help="write the table only")
     p.add_argument("--list-models", action=_ListModels, nargs=0, help="list models and exit")
     return p

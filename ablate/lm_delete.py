@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablate._infra.errors import UsageError, cli_main
+from ablate._infra.errors import ArgumentParser, UsageError, cli_main
 from analyses import lm_delete
 
 __all__ = ["main"]
@@ -34,9 +34,7 @@ class _Bytes:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m ablate.lm_delete", description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python -m ablate.lm_delete", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="HF model name or local directory (gpt2, ...)")
     p.add_argument("--tokenizer", help="HF tokenizer (default: --model), or 'bytes'")
     p.add_argument("--text-file", required=True, type=Path, help="UTF-8 text to score")

@@ -230,15 +230,14 @@ def _n_blocks(name: str) -> int:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = ArgumentParser(description=__doc__.splitlines()[0],
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
                     help="reduced run (500 test images, fewer samples), said so in every output")
     ap.add_argument("--out", default=None, help="output folder (default: reproduction[-quick])")
     ap.add_argument("--data", default=None,
                     help="test data (default: the bundled pristine CIFAR-10 test split)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--seed", type=non_negative, default=0)
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--seed", type=non_negative, default=0, help="seed of every random draw")
     ap.add_argument("--resnet", nargs="+", default=None, metavar="NAME",
                     help="bundled ResNets for Figs. 3, 5a, 5b and attribution (default: resnet56 "
                          "and resnet110 where bundled; --quick: the shallowest)")

@@ -10,7 +10,6 @@ epoch, metric, value), ``meta.json`` and ``training_curves.pdf/.png``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +26,7 @@ from analyses.table import Table, write_meta
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    p = ArgumentParser(description=__doc__.splitlines()[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("logs", nargs="+", type=Path, metavar="LOG.csv", help="trainer logs")
     p.add_argument("--names", nargs="+", default=None, help="a display name per log")
     p.add_argument("--out", default="runs/training_curves", help="output folder")

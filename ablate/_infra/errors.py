@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["ArgumentParser", "UsageError", "check_out", "cli_main", "non_negative"]
+__all__ = ["ArgumentParser", "DefaultsHelpFormatter", "UsageError", "check_out", "cli_main",
+           "non_negative"]
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -22,9 +23,26 @@ class UsageError(Exception):
     """
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to an option's help only where X says something: not for flags
+    off by default, unset options, or help that already states its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        h = action.help or ""
+        d = action.default
+        if "default" in h or d is None or d is False or d == argparse.SUPPRESS:
+            return h
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """The parser of every command: argparse's own errors (an unknown option, a bad number)
-    become one line and exit status 2 like every UsageError, not a usage block."""
+    become one line and exit status 2 like every UsageError, not a usage block; help gives
+    each option's default (``DefaultsHelpFormatter``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         raise UsageError(f"{message} (see {self.prog} --help)")

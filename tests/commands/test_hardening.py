@@ -259,3 +259,17 @@ def test_meta_json_records_the_data_fingerprint(tmp_path, tiny_checkpoints):
     assert df.block.tolist() == [1]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["data"]["sha256"] == df.data_sha256.iloc[0]
+
+
+@pytest.mark.parametrize("main", [delete_block.main, reproduce.main, training_curves.main,
+                                  train.main])
+def test_help_states_each_default_once(main, capsys):
+    """--help gives a default where it says something, and never twice ("(default: X)" after
+    help that already states it), nor for flags that are simply off or unset."""
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in out and "(default: False)" not in out
+    for line in out.split(" --"):
+        assert line.count("default") <= 1, line
