@@ -249,7 +249,7 @@ def write_report(root: str | Path) -> Path:
     found = _pending(_by_analysis(root), run, root)
     for a, f in found:
         lines.append(f"| {f.section} | {f.claim} | {f.ours} | **{f.verdict}** | {f.criterion} "
-                     f"| {_measured(root, a, run)} |")
+                     f"| {f.measured or _measured(root, f.table or a, run)} |")
     lines += differences([f for _, f in found])
     lines += _sizes(run)
     figs = sorted(str(p.relative_to(root)) for p in root.glob("results/*/*.png"))

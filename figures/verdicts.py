@@ -47,6 +47,8 @@ class Finding:
     verdict: str  # see the module docstring
     criterion: str  # one line, computed from the tables
     figure: str | None = None
+    table: str | None = None  # the analysis whose table it reads, where not its own section's
+    measured: str | None = None  # where, for evidence from outside the run (benchmarks, logs)
 
 
 def read(root: Path, analysis: str) -> tuple[pd.DataFrame | None, dict]:

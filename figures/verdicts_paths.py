@@ -152,7 +152,8 @@ def time_saving(cards: dict[str, dict], const: str, sd: str,
             f"{r['batch_size']} each, same initial weights, {r['device']}, "
             f"{r['precision_choice'].split(': ')[-1]}; benchmarks/{r['file']}): {saving:.0%} less "
             "time per step", "reproduces" if saving >= MIN_TIME_SAVING else "does not reproduce",
-            crit + "; timed by benchmarks/train_speed.py, both nets alike")
+            crit + "; timed by benchmarks/train_speed.py, both nets alike",
+            measured=f"benchmarks/{r['file']}: {r['device']}, random data")
     crit += ", from both cards' training-step seconds on one device and precision"
     t = {m: cards[m].get("train_step_seconds") for m in (const, sd)}
     devices = {cards[m].get("device") for m in (const, sd)}
@@ -188,10 +189,10 @@ def _table1(root: Path, cards: dict, const: str, sd: str) -> Finding:
                    f"{const} {pct(w[const].mean())}, {sd} {pct(w[sd].mean())} on the same "
                    f"{w[sd].size} images: difference {100 * diff:+.2f} points (95% paired "
                    f"interval {100 * lo:+.2f} to {100 * hi:+.2f}; McNemar p = {p:.2g})",
-                   "reproduces" if hi < 0 else "does not reproduce", crit)
+                   "reproduces" if hi < 0 else "does not reproduce", crit, table="delete_block")
 
 
-def _fig7(root: Path, const: str, sd: str) -> list[Finding]:
+def _fig7(root: Path, const: str, sd: str, cards: dict[str, dict]) -> list[Finding]:
     df, _ = read(root, "training_curves")
     if df is None:
         return []
@@ -210,7 +211,10 @@ def _fig7(root: Path, const: str, sd: str) -> list[Finding]:
         f"larger with stochastic depth in {larger} of {n} epochs; mean over epochs: {const} "
         f"{g[const].mean():.3g}, {sd} {g[sd].mean():.3g}", verdict,
         "larger with stochastic depth in every epoch both logs have (most but not all: partly)",
-        fig(root, "training_curves"))]
+        fig(root, "training_curves"),
+        measured="their training logs (" + "; ".join(
+            f"{m}: {cards[m].get('epochs')} epochs on {cards[m].get('device')}"
+            for m in (const, sd)) + ")")]
 
 
 def stochastic_depth(root: Path) -> list[Finding]:
@@ -227,7 +231,7 @@ def stochastic_depth(root: Path) -> list[Finding]:
     cards = {m: checkpoint.load(m).card for m in pair}
     bench = step_benchmarks(cards[const].get("arch", const))
     return [_table1(root, cards, const, sd), time_saving(cards, const, sd, bench),
-            *_fig7(root, const, sd)]
+            *_fig7(root, const, sd, cards)]
 
 
 def attribution(root: Path) -> list[Finding]:

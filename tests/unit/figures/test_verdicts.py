@@ -290,6 +290,7 @@ def test_huang_time_saving_prefers_the_benchmark_that_times_both_alike(
     f = vp.time_saving(cards, "resnet20", "resnet20-sd", bench)
     assert f.verdict == verdict and "speed.json" in f.ours and "alike" in f.criterion
     assert f"{1 - 145.0 / sd_speed:.0%} less" in f.ours
+    assert f.measured == "benchmarks/speed.json: AMD EPYC, random data"
 
 
 @pytest.mark.parametrize("sd_grad, verdict", [
@@ -305,3 +306,5 @@ def test_huang_fig7_larger_in_every_epoch(tmp_path, monkeypatch, sd_grad, verdic
              "Huang et al. Fig. 7")
     assert f.verdict == verdict
     assert f"in {sum(x > 0.01 for x in sd_grad)} of 3 epochs" in f.ours
+    # measured by the training runs, not by the step that read their logs
+    assert f.measured.startswith("their training logs (resnet20:")
