@@ -80,7 +80,8 @@ def _precision_note(devs: list[str], log: list[dict]) -> list[str]:
 
 
 def _device_note(log: list[dict]) -> list[str]:
-    """A run moved between devices (``--change-device``) says where each span of epochs ran."""
+    """A run resumed on other devices says where each span of epochs ran, and where a move
+    between a GPU and a CPU (``--change-device``) reseeded its data order."""
     spans: list[list] = []
     for row in log:
         dev = row.get("device", "not recorded")
@@ -91,8 +92,10 @@ def _device_note(log: list[dict]) -> list[str]:
     if len(spans) < 2:
         return []
     where = ", ".join(f"epochs {a}-{b} on {d}" for d, a, b in spans)
-    return [f"trained on more than one device ({where}); resumed with --change-device, so the "
-            "data order after each move is a fresh draw, not the one an unmoved run would take"]
+    reseeded = [str(row["epoch"]) for row in log if row.get("data_reseeded") not in (None, "")]
+    return [f"trained on more than one device ({where})" + (
+        f"; the data order was reseeded from epoch {', '.join(reseeded)} (--change-device): "
+        "from there on a fresh draw, not the one an unmoved run would take" if reseeded else "")]
 
 
 def _recipe_deviations(recipe: Recipe, paper: Recipe, source: str) -> list[str]:

@@ -57,6 +57,7 @@ class _Run:
     start_epoch: int = 0
     step: int = 0
     train_seconds: float = 0.0
+    reseeded: int | None = None  # the data generator's new seed after --change-device moved it
 
     @property
     def state_path(self) -> Path:
@@ -205,6 +206,7 @@ def _resume(r: _Run) -> None:
     moved = set_rng_state(st["rng"], r.gen, r.device, reseed)
     r.start_epoch, r.step, r.log = st["epoch"], st["step"], list(st["log"])
     r.train_seconds = float(st["train_seconds"])
+    r.reseeded = reseed if moved else None
     if r.main:
         print(f"resuming {r.name} from {r.state_path} after epoch {r.start_epoch}"
               + (f", moved from {st['rng']['data_device']} to {r.device.type} (data generator "
@@ -276,6 +278,8 @@ def _epoch(r: _Run, fwd: nn.Module, eval_net: nn.Module, epoch: int) -> None:
             "attention": "math" if r.math_attention else "default",
             "device": card_mod.device_name(r.device),
             "train_step_seconds": t_train}  # training steps alone: no test or val pass
+    if r.reseeded is not None and epoch == r.start_epoch:  # the first epoch after a move
+        row["data_reseeded"] = f"seed {r.reseeded}"  # text: not a metric for training_curves
     row |= dict(zip(grad_columns(probe.n_blocks), gmean.tolist(), strict=True))
     r.log.append(row)
     if r.main:

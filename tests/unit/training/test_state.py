@@ -143,3 +143,4 @@ def test_a_state_from_another_kind_of_device_resumes_only_when_asked(tmp_path):
     assert card["precision_by_epochs"][0]["device"] == "NVIDIA H200"
     moved = [d for d in card["deviations"] if "more than one device" in d]
     assert moved and "epochs 1-1 on NVIDIA H200" in moved[0] and "epochs 2-2 on" in moved[0]
+    assert "reseeded from epoch 2 (--change-device)" in moved[0]
