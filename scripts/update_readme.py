@@ -45,7 +45,7 @@ def models_table() -> str:
     out = "\n".join(rows)
     if own:
         lines = ["| name | network | test error, pristine CIFAR-10 (fp32) | epochs | "
-                 "trained on (2-core CPUs) | wall time |", "|---|---|---|---|---|---|"]
+                 "trained on | wall time |", "|---|---|---|---|---|---|"]
         for c in own:
             where = "; ".join(f"{r['device']}, epochs {r['epochs']}, "
                               f"{'bf16' if r['amp'] == 'bf16' else 'fp32'}"
