@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -228,10 +229,11 @@ def print_table(df: pd.DataFrame, columns: Sequence[str], title: str = "") -> No
 def write_outputs(
     out: Path, meta: dict, loaded: Sequence[Loaded], ds: Dataset, args: argparse.Namespace,
     timer: Timer, df: pd.DataFrame, figure: str, note: str | None = None,
+    table: Table | None = None,
 ) -> None:
     """Write ``meta.json`` (the analysis' own fields plus provenance), then draw
     the experiment's figure (``ablate._experiments.PLOTS``) into ``out/<figure>.pdf|png`` unless
-    --no-figure."""
+    --no-figure. ``table``: the resumable table this invocation added to (see ``invocations``)."""
     from ablate._infra.provenance import environment
     from analyses.context import data_meta
     from analyses.table import write_meta
@@ -241,6 +243,7 @@ def write_outputs(
         "data": data_meta(ds, args.limit), "seed": args.seed, "wall_seconds": timer.seconds,
         **environment(next(loaded[0].model.parameters()).device),
     }
+    meta["invocations"] = invocations(out / "meta.json", meta, table)
     write_meta(out / "meta.json", meta)
     if args.no_figure:
         return
@@ -252,6 +255,27 @@ def write_outputs(
 
     plot = PLOTS[figure]
     print("figure:", *save(plot(df, note=note), out / figure), file=sys.stderr)
+
+
+_INVOCATION = ("utc", "device", "git_commit", "command", "wall_seconds")
+
+
+def invocations(path: Path, meta: dict, table: Table | None) -> list[dict]:
+    """Every invocation that measured rows of a resumed table: where, when, with what code and
+    how many rows. The top-level ``device`` etc. are the last invocation's, which may only have
+    reused rows measured elsewhere; a table begun afresh starts the list afresh."""
+    now = [{**{k: meta.get(k) for k in _INVOCATION}, "rows": table.added}] if (
+        table is None or table.added) else []
+    if table is None or len(table.df) <= table.added or not path.is_file():
+        return now if table is not None else [{k: meta.get(k) for k in _INVOCATION}]
+    try:
+        prev = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return now
+    earlier = prev.get("invocations")
+    if not isinstance(earlier, list):  # a meta.json from before this list: rows unknown
+        earlier = [{**{k: prev.get(k) for k in _INVOCATION}, "rows": None}]
+    return [*earlier, *now]
 
 
 def results_table(
@@ -271,7 +295,7 @@ def results_table(
 def finish_sweep(
     out: Path, meta: dict, loaded: Sequence[Loaded], ds: Dataset, args: argparse.Namespace,
     timer: Timer, frames: Sequence[pd.DataFrame], figure: str,
-    summary: Callable[[pd.DataFrame], None],
+    summary: Callable[[pd.DataFrame], None], table: Table | None = None,
 ) -> int:
     """On rank 0: meta.json, the figure and the printed summary; every rank: leave the group."""
     from ablate._infra import distributed
@@ -279,7 +303,7 @@ def finish_sweep(
     if distributed.is_main():
         df = pd.concat(frames, ignore_index=True)
         meta = {**meta, "world_size": distributed.rank_world()[1]}
-        write_outputs(out, meta, loaded, ds, args, timer, df, figure)
+        write_outputs(out, meta, loaded, ds, args, timer, df, figure, table=table)
         summary(df)
         print(f"results: {out / 'results.csv'}", file=sys.stderr)
     distributed.finish()

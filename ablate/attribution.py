@@ -72,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "spearman": corr,
     }
     note = f"{ds.name}, {len(ds)} images"
-    cli.write_outputs(out, meta, loaded, ds, args, timer, df, "attribution", note=note)
+    cli.write_outputs(out, meta, loaded, ds, args, timer, df, "attribution", note=note,
+                      table=table)
     for c in corr:
         if c["aggregate"] == "attr_abs":
             print(f"{c['model']} {c['method']} ({c['layer']}): Spearman rho of sum|A| vs "

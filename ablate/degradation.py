@@ -39,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if distributed.is_main():
         pairs = degradation.compare(pd.concat(frames, ignore_index=True))
         pairs.to_csv(out / "comparison.csv", index=False)
-    return cli.finish_sweep(out, meta, loaded, ds, args, timer, frames, "degradation", _summary)
+    return cli.finish_sweep(out, meta, loaded, ds, args, timer, frames, "degradation", _summary,
+                            table=table)
 
 
 def _summary(df: pd.DataFrame) -> None:

@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "analysis": "delete_block",
         "paper": registry.get("delete_block").paper,
     }
-    return cli.finish_sweep(out, meta, loaded, ds, args, timer, frames, "delete_block", _summary)
+    return cli.finish_sweep(out, meta, loaded, ds, args, timer, frames, "delete_block", _summary,
+                            table=table)
 
 
 def _summary(df: pd.DataFrame) -> None:

@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_k": args.max_k,
         "include_downsampling": args.include_downsampling,
     }
-    return cli.finish_sweep(out, meta, loaded, ds, args, timer, frames, "drop_blocks", _summary)
+    return cli.finish_sweep(out, meta, loaded, ds, args, timer, frames, "drop_blocks", _summary,
+                            table=table)
 
 
 def _summary(df: pd.DataFrame) -> None:

@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stat = {"train": "batch", "eval": "running"}
     note = f"{ds.name}, {len(ds)} images, BN: " + ", ".join(
         f"{s} {stat[m]} statistics" for s, m in modes.items())
-    cli.write_outputs(out, meta, loaded, ds, args, timer, df, "gradnorm", note=note)
+    cli.write_outputs(out, meta, loaded, ds, args, timer, df, "gradnorm", note=note,
+                      table=table)
     _summary(df)
     print(f"results: {out / 'results.csv'}", file=sys.stderr)
     return 0

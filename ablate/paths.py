@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reference": analysis.REFERENCE,
     }
     note = f"{ds.name}, {len(ds)} images x {samples} sets"
-    cli.write_outputs(out, meta, loaded, ds, args, timer, df, "paths", note=note)
+    cli.write_outputs(out, meta, loaded, ds, args, timer, df, "paths", note=note,
+                      table=table)
     _print(summary)
     print(f"results: {out / 'results.csv'}", file=sys.stderr)
     return 0

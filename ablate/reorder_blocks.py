@@ -47,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "samples": args.samples,
         "max_swaps": args.max_swaps,
     }
-    return cli.finish_sweep(out, meta, loaded, ds, args, timer, frames, "reorder_blocks", _summary)
+    return cli.finish_sweep(out, meta, loaded, ds, args, timer, frames, "reorder_blocks", _summary,
+                            table=table)
 
 
 def _summary(df: pd.DataFrame) -> None:

@@ -40,6 +40,7 @@ class Table:
         self.key = list(key)
         self.text = tuple(text)  # columns kept as written ("3" stays "3", "" stays "")
         self.df = self._read()
+        self.added = 0  # rows this process measured and added (the rest were there before)
 
     def _read(self) -> pd.DataFrame:
         if self.path is None or not self.path.exists():
@@ -87,6 +88,7 @@ class Table:
         new = pd.DataFrame(list(rows))
         if new.empty:
             return
+        self.added += len(new)
         if self.path is None:
             self.df = _merge(self.df, new, self.key)
             return

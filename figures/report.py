@@ -24,7 +24,7 @@ from figures.verdicts import Finding, pct, read
 from figures.verdicts_degradation import degradation
 from figures.verdicts_paths import HUANG_2016
 
-__all__ = ["SECTIONS", "Finding", "findings", "wall_seconds", "write_report"]
+__all__ = ["SECTIONS", "Finding", "devices", "findings", "wall_seconds", "write_report"]
 
 # Quoted from the papers (see shared REFERENCES.md); never measured here.
 HE_2015 = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97,
@@ -79,6 +79,13 @@ def wall_seconds(run: dict) -> dict[str, float]:
     return total
 
 
+def devices(meta: dict) -> list[str]:
+    """The devices that measured a table's rows: every invocation that added rows (a resumed
+    table may hold rows from several machines), else the last invocation's."""
+    inv = [i for i in meta.get("invocations") or [] if i.get("rows") != 0 and i.get("device")]
+    return list(dict.fromkeys(i["device"] for i in inv)) or [str(meta.get("device"))]
+
+
 def _measured(root: Path, analysis: str, run: dict) -> str:
     """Where and how long: the analysis' images, device and wall time (summed over resumed
     invocations), from its meta.json and run.json."""
@@ -87,7 +94,7 @@ def _measured(root: Path, analysis: str, run: dict) -> str:
         return "-"
     wall = wall_seconds(run).get(analysis, meta.get("wall_seconds"))
     n = meta.get("data", {}).get("n_images")
-    return (f"{'' if n is None else f'{n} images; '}{meta.get('device')}; "
+    return (f"{'' if n is None else f'{n} images; '}{'; '.join(devices(meta))}; "
             f"{'n/a' if wall is None else f'{float(wall) / 60:.1f} min'}")
 
 
@@ -221,7 +228,8 @@ def write_report(root: str | Path) -> Path:
         f"- Data: `{data.get('name')}` {data.get('split')} split (sha256 "
         f"{str(data.get('sha256'))[:12]}); the images each finding used are in its last column"
         + (" (**quick run: reduced images and samples**)" if run.get("quick") else ""),
-        f"- Hardware: {m0.get('device')}; versions: torch {m0.get('versions', {}).get('torch')}",
+        f"- Hardware: {'; '.join(dict.fromkeys(d for m in metas for d in devices(m)))}; "
+        f"versions: torch {m0.get('versions', {}).get('torch')}",
         f"- Code: commit {m0.get('git_commit')}; generated {m0.get('utc')}",
         "- Wall time per analysis (min, summed over resumed invocations): "
         + ", ".join(f"{k} {float(v) / 60:.1f}" + (

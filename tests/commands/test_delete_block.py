@@ -73,6 +73,19 @@ def test_resume_reuses_rows(tmp_path, cifar_batches, tiny_checkpoints, monkeypat
     df = pd.read_csv(out / "results.csv")
     assert len(df) == 9
     pd.testing.assert_frame_equal(df.iloc[:4], first)
+    # meta.json lists every invocation that measured rows: 4 blocks, then the other 5; one that
+    # only reuses adds none; a table begun afresh starts the list afresh
+    meta = lambda: json.loads((out / "meta.json").read_text())  # noqa: E731
+    assert [i["rows"] for i in meta()["invocations"]] == [4, 5]
+    assert main(args) == 0
+    assert [i["rows"] for i in meta()["invocations"]] == [4, 5]
+    from figures.report import devices
+
+    first = meta()["invocations"][0]
+    assert devices(meta()) == [first["device"]] and first["utc"] and first["git_commit"] != ""
+    (out / "results.csv").unlink()
+    assert main([*args, "--blocks", "0-1"]) == 0
+    assert [i["rows"] for i in meta()["invocations"]] == [2]
 
 
 def test_image_folder_and_tarball(tmp_path, image_folder, tiny_checkpoints):

@@ -61,3 +61,15 @@ def test_wall_time_adds_what_the_log_recovered_of_untimed_invocations():
     assert report.wall_seconds(run) == {"degradation": 60.0, "delete_block": 1800.0,
                                         "paths": 30.0}
     assert report.wall_seconds({"wall_seconds": {"a": 5.0}}) == {"a": 5.0}  # older run.json
+
+
+def test_devices_are_those_of_the_invocations_that_measured_rows():
+    from figures.report import devices
+
+    meta = {"device": "cpu (Intel Xeon, 2 threads)", "invocations": [
+        {"device": "cpu (AMD EPYC, 1 thread)", "rows": None},  # from before the list: kept
+        {"device": "cuda (NVIDIA H200)", "rows": 27},
+        {"device": "cpu (AMD EPYC, 1 thread)", "rows": 3},
+        {"device": "cpu (Intel Xeon, 2 threads)", "rows": 0}]}  # reused only: measured nothing
+    assert devices(meta) == ["cpu (AMD EPYC, 1 thread)", "cuda (NVIDIA H200)"]
+    assert devices({"device": "cpu (AMD EPYC, 1 thread)"}) == ["cpu (AMD EPYC, 1 thread)"]
