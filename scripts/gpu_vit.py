@@ -13,6 +13,16 @@ to the archive's decode: ``pack`` writes the sha256 of the decoded tensors into 
 
 The recipe is the CPU run's (``scripts/train_vit_cpu.sh``: Lee et al. 2021, seed 0); on a GPU
 the trainer picks bf16 autocast and the fused attention kernels, and the card says so.
+
+How it went on an H200 (2026-11-27): every call also sends the tracked tree (52 MB then, most of
+it ``ablate/checkpoints/*.safetensors`` and the bundled test WebP), so those were moved aside
+during the calls: call 1 carried ``.data`` with train-0/1 (``receive``, then a speed probe:
+eager 2,714 img/s, ``--compile`` 5,534 img/s after 36 s of compiling), call 2 train-2/3/4
+(``receive``, then ``train --compile`` in the background under ``setsid``, collected when the
+budget ran out: 53 epochs in 9 min, about 8.7 s each). ``collect`` brought ``last.pt`` back in
+three parts; ``ablate.train --resume --change-device`` finishes the run on a CPU
+(``OUT=~/ablate-runs/vit_cifar_gpu bash scripts/train_vit_cpu.sh --change-device``). Never
+``pkill -f gpu_vit.py`` in the same command line: it matches the calling shell too.
 """
 
 from __future__ import annotations
