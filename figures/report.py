@@ -144,6 +144,9 @@ def differences(found: list[Finding]) -> list[str]:
     names = checkpoint.bundled_names()
     facts: dict[str, str] = {}  # one checkpoint load per network, however many findings name it
 
+    def named(text: str) -> list[str]:
+        return [n for n in names if re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", text)]
+
     def fact(n: str) -> str:
         if n not in facts:
             facts[n] = _network_facts(n)
@@ -153,11 +156,16 @@ def differences(found: list[Finding]) -> list[str]:
     for f in found:
         if f.verdict not in ("does not reproduce", "partly"):
             continue
-        nets = [n for n in names if re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", f.ours)]
+        nets = named(f.ours)
         paper = next((v for k, v in PAPER_NETWORKS.items() if f.section.startswith(k)), None)
+        # the same test passed by other networks of the run: what differs between them is data
+        others = [n for g in found if g is not f and g.criterion == f.criterion
+                  and g.verdict == "reproduces" for n in named(g.ours) if n not in nets]
         out += [f"- **{f.section}** ({f.verdict}). "
                 + "; ".join(fact(n) for n in nets)
-                + (f". Paper: {paper}." if paper else ".")]
+                + (f". Paper: {paper}." if paper else ".")
+                + (f" The same criterion reproduces on {', '.join(dict.fromkeys(others))}."
+                   if others else "")]
     if not out:
         return []
     return ["", "## Where a finding does not reproduce: what differs from the paper", "",

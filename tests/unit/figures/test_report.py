@@ -32,6 +32,10 @@ def test_differences_name_each_network_with_its_card_beside_the_paper(
     assert "plain20" not in text  # named only by the finding that reproduces
     assert "Paper: Veit et al.: ResNet-110 (54 blocks)" in text
     assert report.differences(found[1:]) == []
+    assert "The same criterion" not in text  # plain20's finding is judged by another criterion
+    found.append(Finding("Veit Fig. 5a", "claim", "plain20: 30% at k = 5", "reproduces",
+                         "rho >= 0.9"))
+    assert "The same criterion reproduces on plain20." in "\n".join(report.differences(found))
 
 
 def test_a_step_that_has_not_finished_withholds_its_verdict(tmp_path):
