@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="Huang et al.'s linear survival rule ending at p_L = P (e.g. linear:0.5)")
     p.add_argument("--sd-mode", default="batch", choices=("batch", "row"),
                    help="one gate per block per mini-batch (Huang et al.) or per image")
-    p.add_argument("--seed", type=non_negative, default=0)
+    p.add_argument("--seed", type=non_negative, default=0,
+                   help="seed of the initial weights and of the data order")
     p.add_argument("--out", help="run folder (default runs/NAME)")
     p.add_argument("--name", help="checkpoint name (default MODEL or MODEL-sd)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -62,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --resume: continue a last.pt written on another kind of device "
                    "(GPU <-> CPU); the data order from there on is freshly seeded, and the "
                    "card says which epochs ran where")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: a GPU if there is one")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="default: on for convolutional nets, off for vit_cifar")
