@@ -8,6 +8,7 @@
 #   OUT=~/ablate-runs/vit_cifar_gpu bash scripts/train_vit_cpu.sh --change-device
 #                                            # finish a run begun on a GPU (scripts/gpu_vit.py)
 #   tail -n 3 ~/ablate-runs/vit_cifar.log    # progress, one line per epoch
+#   bash scripts/finish_vit.sh               # once finished: bundle it, add it to reproduction/
 # bf16 autocast (native on AVX512-BF16/AMX CPUs; 2.5x fp32 here), NCHW (the trainer's default for
 # ViTs: channels-last only slows the patch embedding), the math attention kernel (the trainer's
 # choice for transformers on a CPU: 1.3x CPU flash attention at 65 tokens, 48 -> 63-67 img/s on one
