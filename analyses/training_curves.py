@@ -85,8 +85,9 @@ def read_logs(paths: Sequence[str | Path], names: Sequence[str] | None = None) -
 
 
 def lr_drops(df: pd.DataFrame, model: str | None = None, factor: float = 2.0) -> list[int]:
-    """Epochs whose learning rate is at least ``factor`` times below the previous epoch's (a
-    warm-up's rise and a cosine schedule's gradual decay are not drops)."""
+    """Epochs whose learning rate is at least ``factor`` times below the previous epoch's after
+    an epoch in which it fell by less than 10%: a step. A warm-up's rise is not a drop, nor is a
+    cosine schedule's tail, whose last epochs fall by large factors but ever faster."""
     d = df[df["metric"] == "lr"]
     if model is not None:
         d = d[d["model"] == model]
@@ -96,5 +97,7 @@ def lr_drops(df: pd.DataFrame, model: str | None = None, factor: float = 2.0) ->
         lr = g["value"].to_numpy(float)
         with np.errstate(divide="ignore", invalid="ignore"):
             drop = lr[1:] * factor <= lr[:-1]
+            flat_before = np.r_[True, lr[1:-1] * 1.1 >= lr[:-2]]
+        drop &= flat_before
         out |= set(g["epoch"].to_numpy()[1:][drop].astype(int).tolist())
     return sorted(out)

@@ -151,6 +151,8 @@ def test_training_curves(tmp_path):
     assert tc.lr_drops(df) == [5, 7]
     cosine = df.assign(value=np.where(df.metric == "lr", 0.1 * 0.9 ** df.epoch, df.value))
     assert tc.lr_drops(cosine) == []
+    tail = 0.05 * (1 + np.cos(np.pi * (df.epoch - 1) / 8))  # a real cosine: its last steps fall 4x
+    assert tc.lr_drops(df.assign(value=np.where(df.metric == "lr", tail, df.value))) == []
 
     out = tmp_path / "out"
     assert curves_main([str(tmp_path / "const.log.csv"), str(tmp_path / "sd.log.csv"),
