@@ -211,9 +211,11 @@ def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
         d_panel = df[df["model"].isin(models)]
         _draw_guides(ax, d_panel)
         ms = _MS if d_panel["block"].nunique() <= 30 else _MS * 0.7  # dense: smaller
+        fams = [d_panel.loc[d_panel["model"] == m, "family"].iloc[0] for m in models]
+        colors = theme.model_colors(models, fams)
         for i, model in enumerate(models):
             d = d_panel[d_panel["model"] == model]
-            color = theme.family_color(d["family"].iloc[0])
+            color = colors[model]
             marker = _MARKERS[i % len(_MARKERS)]
             _draw_model(ax, d, color, marker, ms)
             entries.append(
@@ -231,7 +233,7 @@ def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
         lo, hi = d_panel["block"].min(), d_panel["block"].max()
         ax.set_xlim(lo - 0.6, hi + 0.6)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
-        ax.set_xlabel("deleted block (index)")
+        ax.set_xlabel("deleted layer (index)" if panel == "plain" else "deleted block (index)")
         if n > 1:
             ax.set_title(theme.family_label(panel), loc="left")
     theme.percent_axis(axes[0], "test error (%)")

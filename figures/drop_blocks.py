@@ -50,9 +50,12 @@ def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
         ax.axhline(100 * (1 - 1 / c), color=theme.GUIDE_COLOR, linestyle=":", linewidth=0.9,
                    zorder=0.5, gid=f"chance:{c}")
     rng = np.random.default_rng(0)  # jitter of the dots only
-    for i, model in enumerate(_order(df)):
+    order = _order(df)
+    colors = theme.model_colors(order, [df.loc[df["model"] == m, "family"].iloc[0]
+                                        for m in order])
+    for i, model in enumerate(order):
         d, m = df[df["model"] == model], s[s["model"] == model].sort_values("k")
-        color = theme.family_color(d["family"].iloc[0])
+        color = colors[model]
         jitter = rng.uniform(-0.15, 0.15, len(d))
         ax.scatter(d["k"] + jitter, d["error"] * 100, s=3, color=color, alpha=0.25,
                    linewidths=0, zorder=1.5, rasterized=True)

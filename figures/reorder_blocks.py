@@ -69,9 +69,12 @@ def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None, bins: in
     for c in sorted({int(c) for c in classes} or {10}):
         ax.axhline(100 * (1 - 1 / c), color=theme.GUIDE_COLOR, linestyle=":", linewidth=0.9,
                    zorder=0.5, gid=f"chance:{c}")
-    for i, model in enumerate(_order(df)):
+    order = _order(df)
+    colors = theme.model_colors(order, [df.loc[df["model"] == m, "family"].iloc[0]
+                                        for m in order])
+    for i, model in enumerate(order):
         d = df[df["model"] == model]
-        color = theme.family_color(d["family"].iloc[0])
+        color = colors[model]
         ax.scatter(d["kendall_tau"], d["error"] * 100, s=4, color=color, alpha=0.3,
                    linewidths=0, zorder=1.5, rasterized=True)
         b = binned(d, bins)

@@ -31,6 +31,7 @@ __all__ = [
     "TWO_COLUMN",
     "apply",
     "family_color",
+    "model_colors",
     "family_label",
     "family_of",
     "figure",
@@ -86,6 +87,26 @@ def family_color(family: str) -> str:
     if family not in FAMILY_COLORS:
         family = family_of(family)
     return FAMILY_COLORS[family]
+
+
+SHADES = (0.0, 0.5, 0.7, 0.82)  # how far the 1st, 2nd, ... model of a family fades to white
+
+
+def model_colors(models: Sequence[str], families: Sequence[str]) -> dict[str, str]:
+    """One colour per model: its family's, the first model of each family at full strength and
+    each further one lighter (``SHADES``), so that two ResNets in one plot stay apart by colour
+    as well as by marker."""
+    from matplotlib.colors import to_hex, to_rgb
+
+    seen: dict[str, int] = {}
+    out = {}
+    for model, fam in zip(models, families):
+        k = seen.get(fam, 0)
+        seen[fam] = k + 1
+        base = to_rgb(family_color(fam if fam in FAMILY_COLORS else model))
+        f = SHADES[min(k, len(SHADES) - 1)]
+        out[model] = to_hex(tuple(c + (1 - c) * f for c in base))
+    return out
 
 
 def family_label(family: str) -> str:

@@ -250,3 +250,15 @@ def test_cli_writes_both_files(table, tmp_path, capsys):
     assert pdf.read_bytes()[:4] == b"%PDF"
     assert _png_size(png) == (round(7.0 * 300), round(2.8 * 300))
     assert str(pdf) in capsys.readouterr().out
+
+
+def test_models_of_one_family_differ_in_colour():
+    from figures import theme
+
+    c = theme.model_colors(["resnet110", "resnet56", "resnet110-sd", "plain56"],
+                           ["resnet", "resnet", "stochastic_depth", "plain"])
+    fam = {k: v.lower() for k, v in theme.FAMILY_COLORS.items()}
+    assert c["resnet110"] == fam["resnet"]  # the first keeps the family colour
+    assert c["resnet56"] not in fam.values()  # the second is a lighter shade
+    assert c["resnet110-sd"] == fam["stochastic_depth"] and c["plain56"] == fam["plain"]
+    assert len(set(c.values())) == 4
