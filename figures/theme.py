@@ -68,6 +68,7 @@ TWO_COLUMN: tuple[float, float] = (7.0, 2.8)  # inches
 DPI = 300
 FONT_SCALE = 0.85  # of seaborn's "paper" context
 NOTE_COLOR = "#666666"
+NOTE_WIDTH = 48  # characters of a caption on one line (beside a panel letter)
 GUIDE_COLOR = "#9a9a9a"  # chance lines, separators, legend proxies
 
 
@@ -228,6 +229,10 @@ def note(ax, text: str, *, loc: str = "upper right"):
     if loc not in _CORNERS:
         raise ValueError(f"loc must be one of {sorted(_CORNERS)}, not {loc!r}")
     x, y, ha, va = _CORNERS[loc]
+    if len(text) > NOTE_WIDTH:  # a long caption would run into the panel letter: two lines
+        import textwrap
+
+        text = "\n".join(textwrap.wrap(text, width=max(NOTE_WIDTH * 2 // 3, len(text) // 2 + 8)))
     offset = 2 if loc.startswith("upper") else 0
     return ax.annotate(
         text,
