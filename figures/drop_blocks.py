@@ -68,7 +68,9 @@ def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
     ax.plot([], [], color=theme.GUIDE_COLOR, linestyle=":", linewidth=0.9, label="chance")
     ax.set_xlim(-0.5, df["k"].max() + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
-    ax.set_xlabel("deleted units k (residual block: 2 layers; plain unit: 1 layer)")
+    plain = bool((df["family"] == "plain").any())  # units differ only when plain nets are drawn
+    ax.set_xlabel("deleted units k\n(residual block: 2 layers; plain unit: 1 layer)" if plain
+                  else "deleted blocks k")
     theme.percent_axis(ax, "test error (%)")
     ax.yaxis.set_major_locator(MultipleLocator(20))
     ax.legend(loc="best", fontsize="x-small", handlelength=1.5)
