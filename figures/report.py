@@ -24,7 +24,8 @@ from figures.verdicts import Finding, pct, read
 from figures.verdicts_degradation import degradation
 from figures.verdicts_paths import HUANG_2016
 
-__all__ = ["SECTIONS", "Finding", "devices", "findings", "wall_seconds", "write_report"]
+__all__ = ["SECTIONS", "Finding", "devices", "findings", "networks_named", "wall_seconds",
+           "write_report"]
 
 # Quoted from the papers (see shared REFERENCES.md); never measured here.
 HE_2015 = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97,
@@ -137,6 +138,13 @@ PAPER_NETWORKS = {
 }
 
 
+def networks_named(text: str, names: list[str] | None = None) -> list[str]:
+    """The bundled networks (or ``names``) that ``text`` names as whole words: "resnet110"
+    is not found inside "resnet110-sd"."""
+    names = checkpoint.bundled_names() if names is None else names
+    return [n for n in names if re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", text)]
+
+
 def differences(found: list[Finding]) -> list[str]:
     """For every finding that does not reproduce (or only partly): what the networks it names
     were (blocks, epochs and schedule, every deviation on their cards) beside the paper's. The
@@ -145,7 +153,7 @@ def differences(found: list[Finding]) -> list[str]:
     facts: dict[str, str] = {}  # one checkpoint load per network, however many findings name it
 
     def named(text: str) -> list[str]:
-        return [n for n in names if re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", text)]
+        return networks_named(text, names)
 
     def fact(n: str) -> str:
         if n not in facts:

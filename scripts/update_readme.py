@@ -197,9 +197,9 @@ def _whole_run(argv: list[str]) -> list[str]:
 
 def _networks(ours: str) -> str:
     """The bundled networks a finding names (its first clause where it names none)."""
-    from ablate.models.checkpoint import bundled_names
+    from figures.report import networks_named
 
-    names = [n for n in bundled_names() if re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", ours)]
+    names = networks_named(ours)
     if not names:
         return ours.split(":")[0][:60]
     return ", ".join(names) if len(names) <= 3 else f"{len(names)} networks"
