@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from ablate import models
 from ablate._infra.io import write_text
 from ablate.models import checkpoint
 from ablate.models.blocks import blocks
 from analyses import registry
 from figures import verdicts_lesion as lesion
 from figures import verdicts_paths as vpaths
-from figures.verdicts import Finding, pct, read
+from figures.verdicts import Finding, pct, read, units
 from figures.verdicts_degradation import degradation
 from figures.verdicts_paths import HUANG_2016
 
@@ -192,7 +193,7 @@ def _network_facts(name: str) -> str:
                f"{(card.get('recipe') or {}).get('schedule')} schedule; deviations: "
                + "; ".join(card.get("deviations") or ["none"]))
         how += _last_epochs(loaded.path, card)
-    return f"{name}: {n} residual blocks or plain layers, {how}"
+    return f"{name}: {n} {units(models.family(name, card, default='resnet')).split(' (')[0]}, {how}"
 
 
 def _last_epochs(weights: str | None, card: dict) -> str:

@@ -24,7 +24,7 @@ from ablate.measures.stats import unpack_correct
 __all__ = [
     "ALPHA", "EQUIVALENCE_MARGIN", "HEALTHY_GRADIENT_RATIO", "HIGH_TAU", "MAX_HIGH_TAU_DAMAGE",
     "MONOTONE_TOLERANCE", "ONE_SEED", "UNITS", "Finding", "fig", "pct", "per_image_wrong", "read",
-    "rho", "twins",
+    "rho", "twins", "units",
 ]
 
 ALPHA = 0.05  # family-wise (Holm) and per-test level
@@ -35,8 +35,17 @@ HEALTHY_GRADIENT_RATIO = 0.1  # "vanishing": the gradient falls by an order of m
 MONOTONE_TOLERANCE = 0.02  # Fig. 5b: a lower-tau bin may sit at most 2 points below the one before
 ONE_SEED = ("one training seed per network: the interval covers test-set noise only, not "
             "seed-to-seed variation")
-UNITS = ("a unit is a residual block (two layers) or a plain net's layer (one): k deleted units "
-         "are not k deleted layers across families")
+UNITS = ("a unit is a residual block (two layers), a transformer block (an attention and an MLP "
+         "branch) or a plain net's layer (one): k deleted units are not k deleted layers across "
+         "families")
+
+
+def units(family: str) -> str:
+    """What one deletable unit of a ``family`` is, in the plural, for the report's sentences."""
+    return {"plain": "plain layers",
+            "vit": "transformer blocks (an attention and an MLP branch each)",
+            "torchvision": "residual blocks (two or three layers each)"}.get(
+        family, "residual blocks (two layers each)")
 
 
 @dataclass

@@ -23,6 +23,7 @@ from figures.verdicts import (
     read,
     rho,
     twins,
+    units,
 )
 
 __all__ = ["delete_block", "deletion_tests", "drop_blocks", "reorder_blocks"]
@@ -168,8 +169,8 @@ def drop_blocks(root: Path) -> list[Finding]:
             "Error grows smoothly with the number of deleted blocks: about 20% with 10 of 54 "
             "blocks of ResNet-110 deleted.",
             f"{model}: mean error {pct(float(d.mean_error.iloc[0]))} at k = 0 to "
-            f"{pct(float(d.mean_error.iloc[-1]))} at k = {int(d.k.iloc[-1])} residual blocks "
-            f"(two layers each); Spearman rho(k, error) = {r:.2f}; largest step "
+            f"{pct(float(d.mean_error.iloc[-1]))} at k = {int(d.k.iloc[-1])} "
+            f"{units(d.family.iloc[0])}; Spearman rho(k, error) = {r:.2f}; largest step "
             f"{100 * jump:+.1f} points; at k = {k10} (10/54 of its blocks): "
             f"{pct(float(at.iloc[0])) if len(at) else 'n/a'} ({UNITS})",
             "reproduces" if r >= 0.9 and jump < 0.2 else "does not reproduce",

@@ -27,7 +27,7 @@ def test_differences_name_each_network_with_its_card_beside_the_paper(
     text = "\n".join(lines)
     assert "## Where a finding does not reproduce" in text
     assert len([x for x in lines if x.startswith("- ")]) == 1  # the reproducing one is left out
-    assert "resnet20: 9 residual blocks or plain layers" in text
+    assert "resnet20: 9 residual blocks, " in text
     assert "40 epochs, cosine schedule" in text and "instead of 164" in text
     assert "plain20" not in text  # named only by the finding that reproduces
     assert "Paper: Veit et al.: ResNet-110 (54 blocks)" in text

@@ -124,6 +124,9 @@ def test_fig5a(tmp_path):
     cliff = _drops("resnet110", "resnet", [0.07] * 10 + [0.9] * 11)
     assert lesion.drop_blocks(_write(tmp_path / "b", "drop_blocks", cliff))[0].verdict == \
         "does not reproduce"
+    vit = _drops("vit_cifar", "vit", np.linspace(0.1, 0.9, 8))
+    f = lesion.drop_blocks(_write(tmp_path / "c", "drop_blocks", vit))[0]
+    assert "k = 7 transformer blocks (an attention and an MLP branch each)" in f.ours
 
 
 def test_fig5a_plain(tmp_path):
