@@ -45,7 +45,10 @@ def _models() -> list[str]:
             how = f"{w.get('source')} @ {w.get('commit')} ({w.get('recipe', '').split(',')[0]})"
             trained, pub = how, w.get("published_error")
         else:
-            trained = f"ablate.train, {card.get('epochs')} epochs on {card.get('device')}"
+            spans = card.get("precision_by_epochs") or []
+            where = (": " + ", ".join(f"{r['epochs']} on {r['device']}" for r in spans)
+                     if len({r["device"] for r in spans}) > 1 else f" on {card.get('device')}")
+            trained = f"ablate.train, {card.get('epochs')} epochs{where}"
             pub = None
         rows.append(f"| {name} | {card.get('dataset')} | {trained} | "
                     f"{'n/a' if err is None else f'{100 * err:.2f}%'} | "

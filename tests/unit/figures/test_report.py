@@ -77,3 +77,19 @@ def test_devices_are_those_of_the_invocations_that_measured_rows():
         {"device": "cpu (Intel Xeon, 2 threads)", "rows": 0}]}  # reused only: measured nothing
     assert devices(meta) == ["cpu (AMD EPYC, 1 thread)", "cuda (NVIDIA H200)"]
     assert devices({"device": "cpu (AMD EPYC, 1 thread)"}) == ["cpu (AMD EPYC, 1 thread)"]
+
+
+def test_models_table_names_each_device_of_a_moved_run(tmp_path, monkeypatch):
+    spans = [{"epochs": "1-53", "amp": "bf16", "device": "NVIDIA H200"},
+             {"epochs": "54-100", "amp": "bf16", "device": "AMD EPYC"}]
+    for name, precision in (("vit_cifar", spans), ("resnet20", spans[1:])):
+        (tmp_path / f"{name}.safetensors").write_bytes(b"")
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"name": name, "arch": name, "dataset": "cifar10", "epochs": 100,
+             "device": "AMD EPYC", "final_test_error": 0.1, "precision_by_epochs": precision}))
+    monkeypatch.setenv("ABLATE_CHECKPOINTS", str(tmp_path))
+    rows = {r.split(" | ")[0]: r for r in report._models()[1:]}
+    assert "100 epochs on epochs 1-53 on NVIDIA H200, epochs 54-100 on AMD EPYC" not in \
+        rows["| vit_cifar"]
+    assert "100 epochs: 1-53 on NVIDIA H200, 54-100 on AMD EPYC" in rows["| vit_cifar"]
+    assert "100 epochs on AMD EPYC" in rows["| resnet20"]
