@@ -15,11 +15,9 @@ overrides the grouping.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from os import PathLike
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -246,22 +244,13 @@ def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m figures.delete_block",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("results", nargs="+", type=Path, help="results.csv of the experiment")
-    p.add_argument("--out", type=Path, default=Path("."), help="output folder")
-    p.add_argument("--name", default="delete_block", help="file name without suffix")
-    p.add_argument("--note", default=None, help='caption, e.g. "quick run: 500 images"')
+    p = theme.parser("delete_block", __doc__)
     p.add_argument("--dataset", default=None, help="keep only rows of this dataset")
     args = p.parse_args(argv)
     df = pd.concat([pd.read_csv(f) for f in args.results], ignore_index=True)
     if args.dataset is not None:
         df = df[df["dataset"] == args.dataset]
-    paths = theme.save(plot(df, note=args.note), args.out / args.name)
-    for path in paths:
+    for path in theme.save(plot(df, note=args.note), args.out / args.name):
         print(path)
     return 0
 
