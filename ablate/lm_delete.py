@@ -1,8 +1,9 @@
 """python -m ablate.lm_delete: delete (and swap) one layer at a time in a causal LM (Lad et al.).
 
 Paired statistics against the intact model on the same tokens (see ``analyses.lm_delete``): top-1
-agreement, next-token accuracy with a sequence-bootstrap interval of its change, McNemar with
-Holm's correction, KL(intact || lesioned). Needs the ``transformers`` extra.
+agreement, next-token accuracy with a sequence-bootstrap interval of its change, McNemar adjusted
+for tokens clustered in sequences with Holm's correction, KL(intact || lesioned). Needs the
+``transformers`` extra.
 
     python -m ablate.lm_delete --model gpt2 --text-file pride.txt --seq-len 128 \\
         --max-sequences 64 --swaps --out results/gpt2_lad.csv

@@ -4,8 +4,10 @@ Each scored token is an example with three outcomes against the intact model on 
 top-1 agreement with the intact prediction, accuracy on the true next token, and
 KL(intact || lesioned). Per condition: the Wilson interval of the agreement, the change in
 accuracy with a paired bootstrap interval that resamples whole sequences (tokens of one sequence
-are not independent), McNemar's exact test of intact vs lesioned accuracy (over tokens) with
-Holm's correction across conditions, and the mean KL with a sequence bootstrap.
+are not independent), McNemar's test of intact vs lesioned accuracy adjusted for that clustering
+(Durkalski et al. 2003, by sequence) with Holm's correction across conditions, and the mean KL
+with a sequence bootstrap. The exact per-token McNemar p is kept beside it (``mcnemar_p_token``):
+it treats tokens as independent and so overstates significance.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from torch import Tensor, nn
 from ablate._infra.distributed import device as resolve_device
 from ablate._infra.errors import UsageError
 from ablate.interventions import delete, reorder
-from ablate.measures.stats import holm, mcnemar_exact, paired_bootstrap, wilson_interval
+from ablate.measures.stats import (
+    holm,
+    mcnemar_clustered,
+    mcnemar_exact,
+    paired_bootstrap,
+    wilson_interval,
+)
 from ablate.models.blocks import blocks
 
 __all__ = ["Condition", "OUTCOMES", "chunk", "conditions", "deletion_conditions", "lm_sweep",
@@ -135,7 +143,8 @@ def rows(tokens: dict[str, np.ndarray], conds: Sequence[Condition], n_boot: int 
             "accuracy": float(correct.mean()), "accuracy_intact": float(base.mean()),
             "accuracy_change": d, "accuracy_change_lo": dlo, "accuracy_change_hi": dhi,
             "relative_accuracy": float(correct.mean() / max(base.mean(), 1e-12)),
-            "mcnemar_p": mcnemar_exact(torch.from_numpy(base), torch.from_numpy(correct)),
+            "mcnemar_p": mcnemar_clustered(base, correct, seq),
+            "mcnemar_p_token": mcnemar_exact(torch.from_numpy(base), torch.from_numpy(correct)),
             "kl": k, "kl_lo": klo, "kl_hi": khi,
         })
     df = pd.DataFrame(out)

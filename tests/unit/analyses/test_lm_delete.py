@@ -9,6 +9,7 @@ import torch
 
 from ablate._infra.errors import UsageError
 from ablate.interventions import delete
+from ablate.measures.stats import holm, mcnemar_clustered
 from analyses import lm_delete
 from tests.unit.models.test_transformers import inputs, make
 
@@ -23,6 +24,11 @@ def test_lm_sweep_rows_and_tokens():
     assert df.agreement.iloc[0] == 1.0 and df.kl.iloc[0] == 0.0
     assert tok["kl"].shape == (4 * 5, 6) and (df.kl.iloc[1:] > 0).all()
     assert df.p_holm.iloc[1:].between(0, 1).all()
+    # Holm over the sequence-clustered McNemar p (tokens of a sequence are not independent)
+    assert np.allclose(df.p_holm.iloc[1:], holm(df.mcnemar_p.iloc[1:].tolist()))
+    assert np.allclose(df.mcnemar_p.iloc[1:], [mcnemar_clustered(
+        tok["correct"][:, 0], tok["correct"][:, c], tok["sequence"]) for c in range(1, 6)])
+    assert df.mcnemar_p_token.iloc[1:].between(0, 1).all()
     # the deletion equals the zeroed-layer model token by token
     with delete(model, [1]), torch.no_grad():
         want = model(ids, use_cache=False).logits[:, :-1].argmax(-1).flatten()

@@ -10,6 +10,8 @@ from ablate.measures.stats import (
     cluster_mean_interval,
     discordant,
     holm,
+    mcnemar_clustered,
+    mcnemar_exact,
     mean_interval,
     pack_correct,
     paired_bootstrap,
@@ -52,3 +54,21 @@ def test_discordant_counts_and_packed_bits_round_trip():
 
 def test_holm_is_step_down():
     assert holm([0.01, 0.04, 0.03]) == [0.03, 0.06, 0.06]
+
+
+def test_clustered_mcnemar_counts_clusters_not_their_copies():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random(400) < 0.7, rng.random(400) < 0.6
+    only_a, only_b = discordant(torch.from_numpy(a), torch.from_numpy(b))
+    # clusters of one: McNemar's chi-square without continuity correction
+    chi2 = (only_a - only_b) ** 2 / (only_a + only_b)
+    assert np.isclose(mcnemar_clustered(a, b, np.arange(400)), stats.chi2.sf(chi2, 1))
+    # every pair copied 8 times within its cluster: no new evidence, the same p; the per-example
+    # exact test takes the copies for independent pairs and becomes far more confident
+    a8, b8, c8 = np.repeat(a, 8), np.repeat(b, 8), np.repeat(np.arange(400), 8)
+    assert np.isclose(mcnemar_clustered(a8, b8, c8), mcnemar_clustered(a, b, np.arange(400)))
+    assert mcnemar_exact(torch.from_numpy(a8), torch.from_numpy(b8)) < \
+        mcnemar_exact(torch.from_numpy(a), torch.from_numpy(b)) / 100
+    assert mcnemar_clustered(a, a, np.arange(400)) == 1.0  # nothing discordant
