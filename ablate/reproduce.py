@@ -4,7 +4,8 @@
     python -m ablate.reproduce --device cpu     # the full run (hours: scripts/reproduce_cpu.sh)
 
 The full plan (:func:`plan`) follows whatever is bundled: Veit Figs. 3, 5a, 5b and attribution on
-resnet56 and resnet110, Fig. 3 against plain56; Figs. 3, 5a and 5b on a bundled ViT (vit_cifar);
+resnet56 and resnet110, Fig. 3 against plain56; Figs. 3, 5a and 5b on a bundled ViT (vit_cifar),
+whose attention and MLP branches are also deleted one at a time;
 Fig. 6 on resnet110 (resnet56 until it ships, said so in run.json and the report); Fig. 8 and
 Huang et al. on resnet110 against resnet110-sd once both ship; gradients per depth on resnet56 and
 plain56; He et al.'s degradation on every depth with both a plain net and a ResNet.
@@ -204,7 +205,8 @@ def _steps(p: Plan, s: Settings, common: list[str], mass: float = 0.9
         ("degradation", "degradation", ["--model", *p.zoo, *lim]),
         ("gradnorm", "gradnorm", ["--model", *p.gradnorm, "--states", "init", "trained",
                                   "--limit", str(s.grad_images)]),
-        ("delete_block", "delete_block", ["--model", *p.deletion, *lim]),
+        ("delete_block", "delete_block", ["--model", *p.deletion, *lim,
+                                          *(["--branches"] if p.vits else [])]),
         ("paths", "paths", ["--model", p.paths, "--samples", str(s.path_samples),
                             "--limit", str(s.path_images), "--ks", ks, "--mass", str(mass)]),
         ("drop_blocks", "drop_blocks", ["--model", *p.sweeps, "--samples", str(s.drop_samples),

@@ -29,6 +29,9 @@ __all__ = ["Table", "write_meta", "locked"]
 # Key columns added since tables were first written: an older table without them is read with
 # "" there, so its rows match no new condition and are recomputed (never silently reused).
 OPTIONAL_KEY = ("data_sha256",)
+# Key columns added later whose value every older row had: read as that value, so those rows are
+# reused (delete_block's rows were all whole blocks before branches could be deleted).
+DEFAULT_KEY = {"granularity": "block"}
 
 
 class Table:
@@ -53,6 +56,9 @@ class Table:
         for c in OPTIONAL_KEY:
             if c in self.key and c not in df.columns:
                 df[c] = ""
+        for c, v in DEFAULT_KEY.items():
+            if c in self.key and c not in df.columns:
+                df[c] = v
         lacking = [c for c in self.key if c not in df.columns]
         if lacking:
             raise UsageError(

@@ -1,7 +1,8 @@
 """Veit et al. 2016, Fig. 3 / Fig. 8: test error after deleting one block.
 
 Drawn from the tidy table of the single-block deletion experiment, one row per
-(model, deleted block)::
+(model, deleted block), and for a transformer swept with ``--branches`` one per
+deleted attention or MLP branch (drawn beside its layer's block)::
 
     python -m figures.delete_block results.csv [more.csv ...] --out DIR [--note TEXT]
 
@@ -40,6 +41,10 @@ PANEL_OF: dict[str, str] = {
 _PANEL_ORDER = ("resnet", "preact", "plain", "torchvision", "vit")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 _MS = 3.0  # marker size (points) of an ordinary block
+# A transformer's single-branch deletions (rows with granularity "branch"), drawn at their
+# layer's index beside the whole-block line, in the model's colour, hollow markers.
+_BRANCHES = {"attn": ("attention branch only", (0, (4, 1.5)), "^"),
+             "mlp": ("MLP branch only", (0, (1, 1.2)), "v")}
 _SEPARATOR = "#dddddd"
 
 
@@ -52,11 +57,13 @@ def _as_bool(s: pd.Series) -> pd.Series:
 def read(source: pd.DataFrame | str | PathLike | Sequence[str | PathLike]) -> pd.DataFrame:
     """The single-block table as a clean DataFrame (from a frame, a CSV, or several CSVs).
 
-    Fills ``family`` from the model name where missing or unknown, coerces
-    ``downsample`` to bool, sorts by model and block, and rejects duplicate
-    (model, block) rows (e.g. two datasets mixed: filter first).
+    Fills ``family`` from the model name where missing or unknown and ``granularity`` ("block"
+    where the table predates branch rows), coerces ``downsample`` to bool, sorts by model,
+    granularity and block, and rejects duplicate rows of one unit (e.g. two datasets mixed:
+    filter first).
     """
-    df = theme.table(source, REQUIRED, ("model", "block"), "single-block")
+    df = theme.table(source, REQUIRED, ("model", "granularity", "block"), "single-block",
+                     defaults={"granularity": "block"})
     if "downsample" in df.columns:
         df["downsample"] = _as_bool(df["downsample"])
     return df
@@ -133,6 +140,25 @@ def _draw_model(ax, d: pd.DataFrame, color: str, marker: str, ms: float = _MS) -
         )
 
 
+def _draw_branches(ax, d: pd.DataFrame, color: str, ms: float) -> list:
+    """One dashed or dotted line per branch kind; returns their legend entries."""
+    from matplotlib.lines import Line2D
+
+    if d.empty:
+        return []
+    model, entries = d["model"].iloc[0], []
+    for br, (label, ls, marker) in _BRANCHES.items():
+        b = d[d["branch"] == br].sort_values("layer")
+        if b.empty:
+            continue
+        style = {"color": color, "linestyle": ls, "marker": marker, "linewidth": 0.9,
+                 "markerfacecolor": "white", "markeredgecolor": color, "markeredgewidth": 0.9}
+        ax.plot(b["layer"].to_numpy(dtype=float), b["error"].to_numpy(dtype=float) * 100,
+                markersize=ms * 1.3, zorder=2.5, gid=f"branch:{model}:{br}", **style)
+        entries.append(Line2D([], [], markersize=_MS * 1.3, label=f"{model}: {label}", **style))
+    return entries
+
+
 def _draw_guides(ax, d: pd.DataFrame) -> None:
     """Chance error, downsampling blocks, stage separators."""
     classes = d["num_classes"].dropna().unique() if "num_classes" in d.columns else [10]
@@ -194,12 +220,16 @@ def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
     colour; downsampling blocks as larger hollow markers with a light vertical
     line; chance error (1 - 1/``num_classes``, default 10 classes) dotted grey.
     ``note`` (e.g. "quick run: 500 images") is written above the last panel.
+    A transformer's single-branch deletions (``granularity`` "branch") are drawn at their
+    layer's index beside its whole-block line: dashed for attention, dotted for the MLP.
     Returns the Figure; pass it to :func:`figures.theme.save`.
     """
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator, MultipleLocator
 
     df = read(df)
+    single = df[df["granularity"] == "branch"]
+    df = df[df["granularity"] != "branch"]
     panels = _panels(df)
     n = len(panels)
     fig, axes = theme.figure("one" if n == 1 else "two", 1, n, sharey=True, squeeze=False)
@@ -228,6 +258,7 @@ def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
                     label=model,
                 )
             )
+            entries += _draw_branches(ax, single[single["model"] == model], color, ms)
         lo, hi = d_panel["block"].min(), d_panel["block"].max()
         ax.set_xlim(lo - 0.6, hi + 0.6)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))

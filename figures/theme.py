@@ -275,12 +275,13 @@ def draw(plot, args: argparse.Namespace, **kw) -> int:
     return 0
 
 
-def table(source, required: Sequence[str], key: Sequence[str], what: str) -> pd.DataFrame:
+def table(source, required: Sequence[str], key: Sequence[str], what: str,
+          defaults: dict | None = None) -> pd.DataFrame:
     """A result table as a clean DataFrame, from a frame, a CSV path or several CSV paths.
 
     Checks the ``required`` columns, fills ``family`` from the model name where missing or
-    unknown, refuses several rows per ``key`` (e.g. two data sets mixed: filter first) and sorts
-    by ``key``.
+    unknown and each column of ``defaults`` where missing or empty (older tables), refuses several
+    rows per ``key`` (e.g. two data sets mixed: filter first) and sorts by ``key``.
     """
     if isinstance(source, pd.DataFrame):
         df = source.copy()
@@ -294,6 +295,8 @@ def table(source, required: Sequence[str], key: Sequence[str], what: str) -> pd.
     if df.empty:
         raise ValueError(f"{what} table is empty")
     df["model"] = df["model"].astype(str)
+    for c, v in (defaults or {}).items():
+        df[c] = df[c].fillna(v) if c in df.columns else v
     fam = df["family"] if "family" in df.columns else pd.Series(np.nan, index=df.index)
     df["family"] = fam.where(fam.isin(list(FAMILY_COLORS)), df["model"].map(family_of))
     dup = df.duplicated(list(key), keep=False)

@@ -125,7 +125,10 @@ def delete_block(root: Path) -> list[Finding]:
     df, _ = read(root, "delete_block")
     if df is None:
         return [Finding("Veit Fig. 3", "single-block deletion", "-", "not run", "-")]
+    from analyses.delete_block import whole_blocks
+
     out, fig_ = [], fig(root, "delete_block")
+    df = whole_blocks(df)  # Veit's findings are on whole blocks; a ViT's branches are extra
     for model, d in df.groupby("model", sort=False):
         if d.family.iloc[0] == "plain":
             out.append(_plain_deletion(model, d, fig_))

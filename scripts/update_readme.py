@@ -224,6 +224,10 @@ def vit_answer(root: Path | None = None) -> str:
                 "(`scripts/train_vit_cpu.sh`), bundle it in `ablate/checkpoints/`, and rerun "
                 "`python -m ablate.reproduce`: its Figs. 3, 5a and 5b join the ResNets' there "
                 "and this block is filled from those tables.")
+    from analyses.delete_block import whole_blocks
+
+    branch_rows = df.drop(whole_blocks(df).index)
+    df = whole_blocks(df)
     lines = []
     for m in vits:
         d = deletion_tests(df[df.model == m].sort_values("block"))
@@ -243,6 +247,7 @@ def vit_answer(root: Path | None = None) -> str:
                   f"{100 * r.change_low:+.2f} to {100 * r.change_high:+.2f} | {r.p_holm:.2g} | "
                   f"{'yes' if e else 'no'} |" for r, e in zip(d.itertuples(), eq, strict=True)]
         lines.append("")
+        lines += _branch_lines(m, d, branch_rows[branch_rows.model == m])
     shown = [*vits, "resnet56"]
     lines += ["Veit et al.'s ensemble findings on them, judged as in "
               f"[`{root.name}/REPRODUCTION.md`]({root.name}/REPRODUCTION.md):", "",
@@ -253,6 +258,31 @@ def vit_answer(root: Path | None = None) -> str:
             lines.append(f"| {f.section} | `{net}` | {f.verdict} | "
                          f"{f.ours.split(':', 1)[1].strip()} |")
     return "\n".join(lines).rstrip()
+
+
+def _branch_lines(model: str, whole: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
+    """Each layer's whole-block deletion beside deleting its attention or its MLP branch alone
+    (``delete_block --branches``), Holm over the model's branches; none without such rows."""
+    if rows.empty:
+        return []
+    from figures.verdicts import ALPHA, EQUIVALENCE_MARGIN
+    from figures.verdicts_lesion import deletion_tests
+
+    d = deletion_tests(rows.sort_values("block"))
+    worst = d.loc[d.error_change.idxmax()]
+    cell = {(int(r.layer), r.branch): f"{100 * r.error_change:+.2f}{'*' if h else ''}"
+            for r, h in zip(d.itertuples(), d.hurts, strict=True)}
+    lines = [f"Deleting one branch alone (`--branches`): {int(d.equivalent.sum())} of {len(d)} "
+             f"branches equivalent to the intact net within ±{100 * EQUIVALENCE_MARGIN:g} point, "
+             f"{int(d.hurts.sum())} raise its error significantly (exact McNemar, Holm over "
+             f"{len(d)} branches, p < {ALPHA:g}; marked *); the most fragile is "
+             f"{worst.block_name} ({100 * worst.error_change:+.2f} points).", "",
+             "| layer | whole block deleted (points) | attention branch only | MLP branch only |",
+             "|---|---|---|---|"]
+    for r in whole.itertuples():
+        attn, mlp = (cell.get((r.block, br), "n/a") for br in ("attn", "mlp"))
+        lines.append(f"| {r.block} | {100 * r.error_change:+.2f} | {attn} | {mlp} |")
+    return [*lines, ""]
 
 
 def fill(text: str, name: str, body: str) -> str:

@@ -137,6 +137,10 @@ def test_plan_puts_a_bundled_vit_beside_the_resnets_in_figs_3_5a_5b(tmp_path, mo
     for a in ("delete_block", "drop_blocks", "reorder_blocks"):
         assert "vit_cifar" in steps[a], a
     assert "vit_cifar" not in steps["attribution"] + steps["paths"]
+    assert "--branches" in steps["delete_block"]  # the ViT's attention and MLP branches too
+    steps = {a: args for a, _, args in reproduce._steps(reproduce.plan(vit=[]), reproduce.QUICK,
+                                                        [])}
+    assert "--branches" not in steps["delete_block"]  # no transformer: the flag would refuse
 
 
 def test_plan_refuses_names_not_bundled(tmp_path, monkeypatch, capsys):

@@ -57,6 +57,39 @@ def test_delete_block(tmp_path, cifar_batches, vit_ckpt):
     assert json.loads((out / "meta.json").read_text())["models"][0]["arch"] == "vit_cifar"
 
 
+def test_delete_branches(tmp_path, cifar_batches, vit_ckpt, tiny_checkpoints, capsys):
+    """--branches adds one row per attention and MLP branch, each the intervention's own
+    outcome, beside the whole-block rows it keeps reusing; a net without branches refuses."""
+    from ablate.interventions import delete
+    from ablate.measures import evaluate
+
+    out = tmp_path / "del"
+    assert delete_cli.main(common(vit_ckpt, cifar_batches, out)) == 0
+    capsys.readouterr()
+    assert delete_cli.main(common(vit_ckpt, cifar_batches, out, "--branches")) == 0
+    assert "reusing 4 of 4 rows" in capsys.readouterr().err  # the whole blocks are not rerun
+    df = pd.read_csv(out / "results.csv")
+    whole, single = df[df.granularity == "block"], df[df.granularity == "branch"]
+    assert whole.block.tolist() == [0, 1, 2, 3] and single.block.tolist() == list(range(8))
+    assert single.layer.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert single.branch.tolist() == ["attn", "mlp"] * 4
+    assert single.block_name.iloc[1] == "encoder.layers.encoder_layer_0.mlp"
+    ds, m = data.load(str(cifar_batches), "test"), checkpoint.load(checkpoint=vit_ckpt)
+    for i in (0, 5):
+        with delete(m.model, [i], granularity="branch"):
+            o = evaluate(m.model, ds.images, ds.labels, mean=m.mean, std=m.std, batch_size=8)
+        assert single.errors.iloc[i] == o.errors
+    assert (single.intact_error == whole.intact_error.iloc[0]).all()
+    assert (single.errors != whole.errors.iloc[0]).any()
+    assert (out / "delete_block.png").stat().st_size > 0
+    with pytest.raises(SystemExit) as e:
+        delete_cli.main(["--model", "resnet20", "--checkpoint", str(tiny_checkpoints["resnet20"]),
+                         "--data", str(cifar_batches), "--out", str(tmp_path / "r"),
+                         "--branches"])
+    assert e.value.code == 2 and "none of resnet20 is a transformer" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_drop_blocks(tmp_path, cifar_batches, vit_ckpt):
     out = tmp_path / "drop"
     assert drop_cli.main(common(vit_ckpt, cifar_batches, out, "--samples", "2",

@@ -83,6 +83,23 @@ def test_vit_answer_reads_the_deletion_table_block_by_block(tmp_path):
     assert "the most fragile is encoder.layers.encoder_layer_0 (+8.90 points)" in text
     assert "| encoder.layers.encoder_layer_0 | 18.90% | +8.90 |" in text
     assert "| Veit Fig. 3 | `vit_cifar` | reproduces |" in text  # judged as REPRODUCTION.md is
+    assert "Deleting one branch alone" not in text  # no branch rows: no branch table
+    for b in range(14):  # --branches rows: layer 0's attention is what breaks it
+        layer, branch = divmod(b, 2)
+        broken, fixed = (800, 10) if b == 0 else (20, 15)
+        change = (broken - fixed) / n
+        rows.append({**rows[0], "granularity": "branch", "layer": layer,
+                     "branch": ("attn", "mlp")[branch], "block": b,
+                     "block_name": f"encoder.layers.encoder_layer_{layer}."
+                                   f"{('self_attention', 'mlp')[branch]}",
+                     "error": 0.10 + change, "error_change": change, "n_broken": broken,
+                     "n_fixed": fixed, "p_value": 1e-200 if b == 0 else 0.5})
+    pd.DataFrame(rows).to_csv(tmp_path / "results" / "delete_block" / "results.csv", index=False)
+    again = u.vit_answer(tmp_path)
+    assert again.startswith(text.split("\n\n")[0])  # the block findings are unchanged
+    assert "13 of 14 branches equivalent" in again and "1 raise its error" in again
+    assert "most fragile is encoder.layers.encoder_layer_0.self_attention (+7.90" in again
+    assert "| 0 | +8.90 | +7.90* | +0.05 |" in again
 
 
 

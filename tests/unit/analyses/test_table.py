@@ -113,3 +113,15 @@ def test_an_old_table_without_the_fingerprint_is_recomputed(tmp_path):
     path.write_text("model,block,error\nm,0,0.5\n")
     t = Table(path, ("model", "data_sha256", "block"))
     assert t.missing([{"model": "m", "data_sha256": "abc", "block": 0}])
+
+
+def test_an_old_deletion_table_is_read_as_whole_blocks(tmp_path):
+    """Rows written before branches could be deleted were all whole blocks: they are reused as
+    such, and a branch row with the same index is still missing."""
+    path = tmp_path / "results.csv"
+    path.write_text("model,block,error\nm,0,0.5\n")
+    t = Table(path, ("model", "granularity", "block"))
+    assert not t.missing([{"model": "m", "granularity": "block", "block": 0}])
+    assert t.missing([{"model": "m", "granularity": "branch", "block": 0}])
+    t.add([{"model": "m", "granularity": "branch", "block": 0, "error": 0.6}])
+    assert Table(path, t.key).df.granularity.tolist() == ["block", "branch"]

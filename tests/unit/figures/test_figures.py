@@ -241,6 +241,28 @@ def test_duplicate_rows_rejected(table):
         delete_block.plot(pd.concat([table, table.assign(dataset="cifar10-jpeg")]))
 
 
+def test_vit_branches_drawn_beside_their_layer(table):
+    """Branch rows (granularity "branch") are drawn at their layer's index as two extra lines
+    in the ViT's panel; the whole-block line is the block rows alone."""
+    import matplotlib.pyplot as plt
+
+    vit = pd.DataFrame(_rows("vit_cifar", 7, 7, intact=0.1, seed=4)).assign(granularity="block")
+    branches = pd.DataFrame([{**vit.iloc[b // 2].to_dict(), "granularity": "branch",
+                              "block": b, "layer": b // 2, "branch": ("attn", "mlp")[b % 2],
+                              "error": 0.1 + 0.01 * b} for b in range(14)])
+    fig = delete_block.plot(pd.concat([table, vit, branches], ignore_index=True))
+    ax = next(a for a in fig.axes if a.get_title(loc="left") == "ViT")
+    lines = {ln.get_gid(): ln for ln in ax.get_lines() if ln.get_gid()}
+    assert list(lines["error:vit_cifar"].get_xdata()) == list(range(7))
+    attn = lines["branch:vit_cifar:attn"]
+    assert list(attn.get_xdata()) == list(range(7))
+    assert np.allclose(attn.get_ydata(), [10 + 2 * i for i in range(7)])
+    assert np.allclose(lines["branch:vit_cifar:mlp"].get_ydata(), [11 + 2 * i for i in range(7)])
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "vit_cifar: attention branch only" in labels and "vit_cifar: MLP branch only" in labels
+    plt.close(fig)
+
+
 def test_cli_writes_both_files(table, tmp_path, capsys):
     csv = tmp_path / "results.csv"
     table.to_csv(csv, index=False)
