@@ -69,7 +69,8 @@ def _summary(df: pd.DataFrame) -> None:
     for model, d in single.groupby("model", sort=False):
         worst = d.nlargest(5, "error_change")
         cli.print_table(
-            worst.assign(error_pct=worst.error * 100, change_pct=worst.error_change * 100),
+            worst.assign(error_pct=worst.error * 100, change_pct=worst.error_change * 100,
+                         layer=worst.layer.astype(int)),
             ["layer", "branch", "block_name", "error_pct", "change_pct", "p_value"],
             title=f"\n{model}: median after deleting one branch {d.error.median():.2%}; "
                   "most damaging:",
