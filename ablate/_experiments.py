@@ -12,6 +12,7 @@ import figures.delete_block
 import figures.drop_blocks
 import figures.gradnorm
 import figures.paths
+import figures.redundancy
 import figures.reorder_blocks
 import figures.training_curves
 from analyses.registry import names
@@ -25,6 +26,7 @@ PLOTS: dict[str, Callable] = {
     "paths": figures.paths.plot,
     "gradnorm": figures.gradnorm.plot,
     "attribution": figures.attribution.plot,
+    "redundancy": figures.redundancy.plot,
     "degradation": figures.degradation.plot,
     "training_curves": figures.training_curves.plot,
 }
@@ -40,13 +42,15 @@ def commands() -> dict[str, Callable[[Sequence[str]], int]]:
         drop_blocks,
         gradnorm,
         paths,
+        redundancy,
         reorder_blocks,
         training_curves,
     )
 
     out = {"delete_block": delete_block.main, "drop_blocks": drop_blocks.main,
            "reorder_blocks": reorder_blocks.main, "paths": paths.main, "gradnorm": gradnorm.main,
-           "attribution": attribution.main, "degradation": degradation.main,
+           "attribution": attribution.main, "redundancy": redundancy.main,
+           "degradation": degradation.main,
            "training_curves": training_curves.main}
     assert list(out) == names(), "every experiment has one command, in the registry's order"
     return out

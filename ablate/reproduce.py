@@ -6,6 +6,8 @@
 The full plan (:func:`plan`) follows whatever is bundled: Veit Figs. 3, 5a, 5b and attribution on
 resnet56 and resnet110, Fig. 3 against plain56; Figs. 3, 5a and 5b on a bundled ViT (vit_cifar),
 whose attention and MLP branches are also deleted one at a time;
+Block Influence and angular distance (4-block windows) against deletion damage on the first
+ResNet and the ViTs;
 Fig. 6 on resnet110 (resnet56 until it ships, said so in run.json and the report); Fig. 8 and
 Huang et al. on resnet110 against resnet110-sd once both ship; gradients per depth on resnet56 and
 plain56; He et al.'s degradation on every depth with both a plain net and a ResNet.
@@ -43,7 +45,7 @@ class Settings:
     """How much work each analysis does: the full run or the reduced ``--quick`` one."""
 
     limit: int | None  # images for the error curves: Fig. 3, degradation (None: all)
-    sweep_limit: int | None  # images for Figs. 5a and 5b (None: all)
+    sweep_limit: int | None  # images for Figs. 5a and 5b and the redundancy step (None: all)
     drop_samples: int
     reorder_samples: int
     max_swaps: int
@@ -67,7 +69,8 @@ WHY = {
     "sweep_limit": "Figs. 5a and 5b draw random sets and orders: their spread between draws "
                    "(several points) dominates the test-set noise of 1,000 images (Wilson "
                    "half-width about 2.8 points at 25% error, 1.6 at 7%), so the budget goes "
-                   "to more draws rather than more images",
+                   "to more draws rather than more images; the redundancy measures use the "
+                   "same 1,000 images, their rank correlations bootstrapped over them",
     "drop_samples": "8 random sets per k = 1..20 (161 conditions per network): each mean "
                     "error per k averages 8 draws, a standard error about a third of the "
                     "between-set spread; more draws cost a ResNet-110 pass over 1,000 images each",
@@ -217,6 +220,8 @@ def _steps(p: Plan, s: Settings, common: list[str], mass: float = 0.9
         ("attribution", "attribution", ["--model", *p.resnets, "--limit",
                                         str(s.attribution_images), "--n-steps",
                                         str(s.attribution_steps)]),
+        ("redundancy", "redundancy", ["--model", *p.resnets[:1], *p.vits, "--windows", "4",
+                                      *sweep_lim]),
     ][0 if p.zoo else 1:]
     out = [(a, mod, [*args, *common]) for a, mod, args in steps]
     if _logs(p):

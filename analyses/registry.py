@@ -14,6 +14,7 @@ from analyses import (
     drop_blocks,
     gradnorm,
     paths,
+    redundancy,
     reorder_blocks,
     training_curves,
 )
@@ -44,6 +45,9 @@ EXPERIMENTS: tuple[Experiment, ...] = (
                gradnorm.run, gradnorm.KEY),
     Experiment("attribution", "Veit et al. 2016 (lesion) vs captum attributions",
                attribution.run, attribution.KEY),
+    Experiment("redundancy", "Men et al. 2024 (Block Influence) and Gromov et al. 2024 "
+               "(angular distance) against measured deletion damage", redundancy.run,
+               redundancy.KEY),
     Experiment("degradation", "He et al. 2015, Fig. 6 and Table 6 (degradation)",
                degradation.run, degradation.KEY),
     Experiment("training_curves", "Huang et al. 2016, Fig. 7", training_curves.read_logs, None),

@@ -24,6 +24,7 @@ from figures import verdicts_paths as vpaths
 from figures.verdicts import Finding, pct, read, units
 from figures.verdicts_degradation import degradation
 from figures.verdicts_paths import HUANG_2016
+from figures.verdicts_redundancy import redundancy
 
 __all__ = ["SECTIONS", "Finding", "devices", "findings", "networks_named", "wall_seconds",
            "write_report"]
@@ -63,7 +64,8 @@ def _models() -> list[str]:
 SECTIONS = {"delete_block": lesion.delete_block, "drop_blocks": lesion.drop_blocks,
             "reorder_blocks": lesion.reorder_blocks, "paths": vpaths.paths,
             "gradnorm": vpaths.gradnorm, "training_curves": vpaths.stochastic_depth,
-            "attribution": vpaths.attribution, "degradation": degradation}
+            "attribution": vpaths.attribution, "redundancy": redundancy,
+            "degradation": degradation}
 
 
 def findings(root: Path) -> list[Finding]:

@@ -213,6 +213,7 @@ def vit_answer(root: Path | None = None) -> str:
     sys.path.insert(0, str(ROOT))
     from figures.verdicts import ALPHA, EQUIVALENCE_MARGIN
     from figures.verdicts_lesion import delete_block, deletion_tests, drop_blocks, reorder_blocks
+    from figures.verdicts_redundancy import redundancy
 
     root = root or ROOT / "reproduction"
     table = root / "results" / "delete_block" / "results.csv"
@@ -249,10 +250,12 @@ def vit_answer(root: Path | None = None) -> str:
         lines.append("")
         lines += _branch_lines(m, d, branch_rows[branch_rows.model == m])
     shown = [*vits, "resnet56"]
-    lines += ["Veit et al.'s ensemble findings on them, judged as in "
+    lines += ["Veit et al.'s ensemble findings on them, and whether Block Influence and angular "
+              "distance rank blocks by deletion damage, judged as in "
               f"[`{root.name}/REPRODUCTION.md`]({root.name}/REPRODUCTION.md):", "",
               "| finding | network | verdict | measured |", "|---|---|---|---|"]
-    for f in [*delete_block(root), *drop_blocks(root), *reorder_blocks(root)]:
+    for f in [*delete_block(root), *drop_blocks(root), *reorder_blocks(root),
+              *redundancy(root)]:
         net = f.ours.split(":")[0]
         if net in shown and "(plain)" not in f.section:
             lines.append(f"| {f.section} | `{net}` | {f.verdict} | "

@@ -16,6 +16,7 @@ block means, with a percentile bootstrap interval over examples (both resampled 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -124,8 +125,8 @@ def redundancy(
     if not inf:
         raise UsageError("no batches to measure")
     return Redundancy(
-        [b.name for b in bl], torch.cat(inf).numpy(), torch.cat(rat).numpy(),
-        {n: torch.cat(a).numpy() for n, a in ang.items()},
+        [b.name for b in bl], torch.cat(inf).cpu().numpy(), torch.cat(rat).cpu().numpy(),
+        {n: torch.cat(a).cpu().numpy() for n, a in ang.items()},
     )
 
 
@@ -148,8 +149,9 @@ def rank_correlation(
     def rho(idx: np.ndarray | None) -> float:
         mm = m if m.ndim == 1 else np.nanmean(m if idx is None else m[idx], 0)
         dd = np.nanmean(d if idx is None else d[idx], 0)
-        r = stats.spearmanr(mm, dd).statistic
-        return float(r)
+        with warnings.catch_warnings():  # a constant side has no rank correlation: NaN
+            warnings.simplefilter("ignore", stats.ConstantInputWarning)
+            return float(stats.spearmanr(mm, dd).statistic)
 
     rng = np.random.default_rng(seed)
     n = d.shape[0]

@@ -37,7 +37,7 @@ def test_quick_reproduction_is_complete_and_idempotent(tmp_path, zoo, image_fold
     args = ["--quick", "--out", str(out), "--data", str(image_folder), "--device", "cpu"]
     assert reproduce.main(args) == 0
     analyses = ["delete_block", "drop_blocks", "reorder_blocks", "paths", "gradnorm", "attribution",
-                "degradation", "training_curves"]
+                "redundancy", "degradation", "training_curves"]
     for a in analyses:
         d = out / "results" / a
         assert (d / "results.csv").stat().st_size > 0, a
@@ -47,6 +47,7 @@ def test_quick_reproduction_is_complete_and_idempotent(tmp_path, zoo, image_fold
     assert "quick run" in report
     for section in ("Veit Fig. 3", "Veit Fig. 5a", "Veit Fig. 5b", "Veit Fig. 6a",
                     "Veit Fig. 6b-c", "Huang et al.", "Attribution vs lesion", "He et al. Fig. 6",
+                    "Men et al. 2024 (ShortGPT)", "Gromov et al. 2024",
                     "- Plan: ", "measured on"):
         assert section in report, section
     assert "resnet20" in report and "plain20" in report
@@ -138,6 +139,8 @@ def test_plan_puts_a_bundled_vit_beside_the_resnets_in_figs_3_5a_5b(tmp_path, mo
         assert "vit_cifar" in steps[a], a
     assert "vit_cifar" not in steps["attribution"] + steps["paths"]
     assert "--branches" in steps["delete_block"]  # the ViT's attention and MLP branches too
+    red = steps["redundancy"]
+    assert red[:red.index("--windows")] == ["--model", "resnet56", "vit_cifar"]
     steps = {a: args for a, _, args in reproduce._steps(reproduce.plan(vit=[]), reproduce.QUICK,
                                                         [])}
     assert "--branches" not in steps["delete_block"]  # no transformer: the flag would refuse

@@ -284,3 +284,33 @@ def test_models_of_one_family_differ_in_colour():
     assert c["resnet56"] not in fam.values()  # the second is a lighter shade
     assert c["resnet110-sd"] == fam["stochastic_depth"] and c["plain56"] == fam["plain"]
     assert len(set(c.values())) == 4
+
+
+def test_redundancy_panels_and_rho(tmp_path):
+    """One panel per measure (angular distance: the longest window), points only for blocks in
+    the correlation, each model's rho in its panel."""
+    import matplotlib.pyplot as plt
+
+    from figures import redundancy
+
+    rows = []
+    for model, fam in (("resnet56", "resnet"), ("vit_cifar", "vit")):
+        for measure, n in (("block_influence", 1), ("contribution_ratio", 1),
+                           ("angular_distance", 1), ("angular_distance", 2)):
+            for b in range(5 - n + 1):
+                rows.append({"model": model, "family": fam, "measure": measure, "n": n,
+                             "block": b, "value": 0.1 * (b + 1), "error_change": 0.01 * b,
+                             "in_correlation": b != 2, "rho_error": 0.8, "rho_error_low": 0.4,
+                             "rho_error_high": 0.95})
+    df = pd.DataFrame(rows)
+    assert redundancy.panels(df) == [("block_influence", 1), ("contribution_ratio", 1),
+                                     ("angular_distance", 2)]
+    fig = redundancy.plot(df)
+    assert len(fig.axes) == 3
+    pts = {ln.get_gid(): ln for ax in fig.axes for ln in ax.get_lines() if ln.get_gid()}
+    assert list(pts["points:vit_cifar:block_influence:1"].get_xdata()) == pytest.approx(
+        [0.1, 0.2, 0.4, 0.5])  # block 2 is out of the correlation
+    assert len(pts["points:resnet56:angular_distance:2"].get_xdata()) == 3
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert any("vit_cifar: ρ = 0.80 [0.40, 0.95]" in t for t in texts)
+    plt.close(fig)
