@@ -48,7 +48,7 @@ def redundancy(root: Path) -> list[Finding]:
                     f"{r.rho_error_high:.2f}] over {int(r.n_correlated)} "
                     f"{'blocks' if n == 1 else f'{n}-block windows'} (loss change: rho = "
                     f"{r.rho_loss:.2f} [{r.rho_loss_low:.2f}, {r.rho_loss_high:.2f}]); "
-                    f"{int(r.n_images):,} images, {int(r.n_boot)} resamples")
+                    f"{int(r.n_images):,} images, {int(r.n_boot):,} resamples")
             verdict = "reproduces" if r.rho_error_low > 0 else "does not reproduce"
             out.append(Finding(section, claim, ours, verdict, crit, fig_))
     return out
