@@ -101,3 +101,7 @@ def test_verdicts(tmp_path):
     gromov = found[("Gromov et al. 2024", "resnet56")]
     assert "4-block windows" in gromov.ours and "a 4-block window" in gromov.criterion
     assert len(found) == 4  # the longest window only
+    rows[-1]["n_correlated"] = 0  # vit_cifar's 4-block windows all change shape (as resnet20's)
+    pd.DataFrame(rows).to_csv(tmp_path / "results" / "redundancy" / "results.csv", index=False)
+    found = {(f.section, f.ours.split(":")[0]): f for f in verdicts(tmp_path)}
+    assert found[("Gromov et al. 2024", "vit_cifar")].verdict == "not run"
