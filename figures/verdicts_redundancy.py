@@ -46,7 +46,7 @@ def redundancy(root: Path) -> list[Finding]:
             r = m.iloc[0]
             ours = (f"{model}: rho = {r.rho_error:.2f} [{r.rho_error_low:.2f}, "
                     f"{r.rho_error_high:.2f}] over {int(r.n_correlated)} "
-                    f"{'blocks' if n == 1 else f'{n}-block windows'} (loss change: rho = "
+                    f"{'blocks' if n == 1 else f'windows of {n} blocks'} (loss change: rho = "
                     f"{r.rho_loss:.2f} [{r.rho_loss_low:.2f}, {r.rho_loss_high:.2f}]); "
                     f"{int(r.n_images):,} images, {int(r.n_boot):,} resamples")
             if int(r.n_correlated) < 3:  # e.g. every 4-block window of resnet20 downsamples
