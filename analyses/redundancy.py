@@ -33,8 +33,8 @@ from analyses.table import Table
 
 __all__ = ["KEY", "MEASURES", "run", "specs"]
 
-KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "data_sha256", "measure",
-       "n", "block")
+KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "data_sha256", "seed",
+       "n_boot", "measure", "n", "block")
 MEASURES = ("block_influence", "contribution_ratio", "angular_distance")
 DAMAGES = ("error", "loss")
 
@@ -81,7 +81,8 @@ def run(
     base = condition(loaded, ds)
     L = len(units)
     plan = specs(L, windows)
-    keys = [{**base, "measure": m, "n": n, "block": b} for m, n in plan for b in range(L - n + 1)]
+    keys = [{**base, "seed": seed, "n_boot": n_boot, "measure": m, "n": n, "block": b}
+            for m, n in plan for b in range(L - n + 1)]
 
     def measure(todo: list[dict]) -> list[dict]:
         return _measure(loaded, ds, plan, keys, n_boot, seed, batch_size, progress)
@@ -135,6 +136,6 @@ def _measure(loaded: Loaded, ds: Dataset, plan: list[tuple[str, int]], keys: lis
                 "value": float(means[b]), "error_change": float(damage[n]["error"][:, b].mean()),
                 "loss_change": float(damage[n]["loss"][:, b].mean()),
                 "intact_error": intact.error, "in_correlation": bool(ok[b]),
-                "n_correlated": int(ok.sum()), "n_boot": n_boot, **corr,
+                "n_correlated": int(ok.sum()), **corr,
             })
     return rows
