@@ -6,8 +6,9 @@
 # Then it copies vit_cifar.{safetensors,json,log.csv} into ablate/checkpoints/ (refusing a net
 # under 85% test accuracy, the issue's bar) and resumes the reproduction, which adds the ViT to
 # Figs. 3, 5a and 5b (and deletes each of its 14 attention and MLP branches alone, and measures
-# its Block Influence and angular distance against deletion damage) and reuses every ResNet row (scripts/reproduce_cpu.sh; about an hour on two threads: a 10k-image fp32 pass of the
-# ViT takes about 55 s). When its run.json says complete: python scripts/update_readme.py, commit.
+# its Block Influence and angular distance against deletion damage) and reuses every ResNet row
+# (scripts/reproduce_cpu.sh; about 40-60 min on two threads: a 10k-image fp32 pass of the ViT
+# takes about 55 s). When its run.json says complete: python scripts/update_readme.py, commit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$HOME/ablate-runs/vit_cifar_gpu}
