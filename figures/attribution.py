@@ -24,10 +24,6 @@ _LABELS = {"conductance": "conductance", "gradient_x_activation": "gradient x ac
            "integrated_gradients": "integrated gradients"}
 
 
-def _bool(s: pd.Series) -> np.ndarray:
-    return s.astype(str).str.strip().str.lower().isin({"true", "1", "1.0"}).to_numpy()
-
-
 def _headroom(ax, n_lines: int, log: bool) -> None:
     """Raise the top of the y axis so that ``n_lines`` of text fit above the points."""
     lo, hi = ax.get_ylim()
@@ -59,7 +55,7 @@ def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
                 continue
             x, y = d["error_change"].to_numpy(float) * 100, d["attr_abs"].to_numpy(float)
             err = np.abs(np.stack([y - d["attr_abs_low"], d["attr_abs_high"] - y]))
-            ds = _bool(d["downsample"])
+            ds = theme.as_bool(d["downsample"]).to_numpy()
             mk = _MARKERS.get(method, "D")
             ax.errorbar(x, y, yerr=np.nan_to_num(err), fmt="none", ecolor=color, alpha=0.35,
                         elinewidth=0.6)
@@ -81,7 +77,7 @@ def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
     axes[0].set_ylabel("attribution, mean sum |A|")
     handles = [Line2D([], [], linestyle="none", marker=_MARKERS.get(m, "D"), markersize=3.5,
                       color=theme.GUIDE_COLOR, label=_LABELS.get(m, m)) for m in methods]
-    if _bool(df["downsample"]).any():
+    if theme.as_bool(df["downsample"]).any():
         handles.append(Line2D([], [], linestyle="none", marker="o", markersize=5.5,
                               markerfacecolor="white", markeredgecolor=theme.GUIDE_COLOR,
                               label="downsampling block"))

@@ -48,12 +48,6 @@ _BRANCHES = {"attn": ("attention branch only", (0, (4, 1.5)), "^"),
 _SEPARATOR = "#dddddd"
 
 
-def _as_bool(s: pd.Series) -> pd.Series:
-    if s.dtype == bool:
-        return s
-    return s.astype(str).str.strip().str.lower().isin({"true", "1", "1.0", "yes", "y"})
-
-
 def read(source: pd.DataFrame | str | PathLike | Sequence[str | PathLike]) -> pd.DataFrame:
     """The single-block table as a clean DataFrame (from a frame, a CSV, or several CSVs).
 
@@ -65,7 +59,7 @@ def read(source: pd.DataFrame | str | PathLike | Sequence[str | PathLike]) -> pd
     df = theme.table(source, REQUIRED, ("model", "granularity", "block"), "single-block",
                      defaults={"granularity": "block"})
     if "downsample" in df.columns:
-        df["downsample"] = _as_bool(df["downsample"])
+        df["downsample"] = theme.as_bool(df["downsample"])
     return df
 
 

@@ -14,7 +14,6 @@ import sys
 from collections.abc import Sequence
 from os import PathLike
 
-import numpy as np
 import pandas as pd
 
 from figures import theme
@@ -25,10 +24,6 @@ _LABELS = {"block_influence": "Block Influence, 1 - cos(x, y)",
            "contribution_ratio": "contribution ratio, ||y - x|| / ||x||",
            "angular_distance": "angular distance, window of {n}"}
 _MARKERS = ("o", "s", "^", "D", "v")
-
-
-def _bool(s: pd.Series) -> np.ndarray:
-    return s.astype(str).str.strip().str.lower().isin({"true", "1", "1.0"}).to_numpy()
 
 
 def panels(df: pd.DataFrame) -> list[tuple[str, int]]:
@@ -59,7 +54,7 @@ def plot(df: pd.DataFrame | str | PathLike | Sequence[str], *, note: str | None 
         lines = []
         for i, model in enumerate(models):
             d = df[(df.model == model) & (df.measure == measure) & (df.n == n)]
-            d = d[_bool(d["in_correlation"])]
+            d = d[theme.as_bool(d["in_correlation"])]
             if d.empty:
                 continue
             x, y = d["value"].to_numpy(float), d["error_change"].to_numpy(float) * 100

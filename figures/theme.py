@@ -73,6 +73,13 @@ GUIDE_COLOR = "#9a9a9a"  # chance lines, separators, legend proxies
 
 
 
+def as_bool(s: pd.Series) -> pd.Series:
+    """A CSV column of booleans as bool, however it was written ("True", "1", "1.0", "yes")."""
+    if s.dtype == bool:
+        return s
+    return s.astype(str).str.strip().str.lower().isin({"true", "1", "1.0", "yes", "y"})
+
+
 def family_of(model: str) -> str:
     """Model family from a model name, e.g. ``"resnet110-sd"`` -> ``"stochastic_depth"``:
     ``reference`` for names containing ``published`` or ``reference``, else
