@@ -174,7 +174,7 @@ def drop_blocks(root: Path) -> list[Finding]:
             f"{model}: mean error {pct(float(d.mean_error.iloc[0]))} at k = 0 to "
             f"{pct(float(d.mean_error.iloc[-1]))} at k = {int(d.k.iloc[-1])} "
             f"{units(d.family.iloc[0])}; Spearman rho(k, error) = {r:.2f}; largest step "
-            f"{100 * jump:+.1f} points; at k = {k10} (10/54 of its blocks): "
+            f"{100 * jump:+.1f} points; at k = {k10} ({k10} of its {n} blocks, Veit's 10 of 54): "
             f"{pct(float(at.iloc[0])) if len(at) else 'n/a'} ({UNITS})",
             "reproduces" if r >= 0.9 and jump < 0.2 else "does not reproduce",
             "rho >= 0.9 (error rises with k) and no single step of 20 points or more", fig_))
@@ -202,7 +202,8 @@ def _reorder_verdict(d: pd.DataFrame) -> tuple[bool, str]:
     r = rho(d.kendall_tau, d.error)
     ok = damage <= MAX_HIGH_TAU_DAMAGE and mono and r <= -0.5
     text = (f"intact {pct(intact)}; orders at {which}: mean increase {100 * damage:+.1f} points "
-            f"({len(high)} orders); mean error per tau bin, high to low: "
+            f"({len(high)} order{'' if len(high) == 1 else 's'}); mean error per tau bin, "
+            "high to low: "
             + ", ".join(f"{b:.1f}+ {pct(v)}" for b, v in bins.items())
             + f"; Spearman rho(tau, error) = {r:.2f}")
     return ok, text

@@ -249,6 +249,7 @@ def vit_answer(root: Path | None = None) -> str:
                   f"{'yes' if e else 'no'} |" for r, e in zip(d.itertuples(), eq, strict=True)]
         lines.append("")
         lines += _branch_lines(m, d, branch_rows[branch_rows.model == m])
+    lines += _answer(root, vits, df, branch_rows)
     shown = [*vits, "resnet56"]
     lines += ["Veit et al.'s ensemble findings on them, and whether Block Influence and angular "
               "distance rank blocks by deletion damage, judged as in "
@@ -261,6 +262,69 @@ def vit_answer(root: Path | None = None) -> str:
             lines.append(f"| {f.section} | `{net}` | {f.verdict} | "
                          f"{f.ours.split(':', 1)[1].strip()} |")
     return "\n".join(lines).rstrip()
+
+
+_BRANCH = {"attn": "attention", "mlp": "MLP"}
+
+
+def _answer(root: Path, vits: list[str], whole: pd.DataFrame, branches: pd.DataFrame) -> list[str]:
+    """The issue's question in one paragraph per ViT, from the tables: do its blocks behave like
+    an ensemble (as resnet56's do), and which are fragile?"""
+    from analyses.drop_blocks import summary
+    from figures.verdicts import EQUIVALENCE_MARGIN
+    from figures.verdicts_lesion import deletion_tests
+
+    def single(m: str) -> pd.DataFrame:
+        d = deletion_tests(whole[whole.model == m].sort_values("block"))
+        return d[~d.downsample.astype(bool)]
+
+    def sweep(step: str) -> pd.DataFrame | None:
+        path = root / "results" / step / "results.csv"
+        return pd.read_csv(path, usecols=["model", "family", "k", "error", "n_images",
+                                          *(["n_candidates"] if step == "drop_blocks" else [])],
+                           ) if path.exists() else None
+
+    drops, orders = sweep("drop_blocks"), sweep("reorder_blocks")
+    ref = "resnet56" if "resnet56" in set(whole.model) else None
+    out = []
+    for m in vits:
+        d = single(m)
+        worst = d.loc[d.error_change.idxmax()]
+        text = (f"**Answer for `{m}`.** Deleting one of its {len(d)} blocks costs "
+                f"{100 * d.error_change.median():+.2f} points at the median, and "
+                f"{int(d.equivalent.sum())} of {len(d)} are equivalent to the intact net within "
+                f"±{100 * EQUIVALENCE_MARGIN:g} point")
+        if ref:
+            r = single(ref)
+            text += (f" (`{ref}`: {100 * r.error_change.median():+.2f} at the median over its "
+                     f"{len(r)} non-downsampling blocks, {int(r.equivalent.sum())} equivalent)")
+        text += (f". The fragile block is {worst.block_name} "
+                 f"({100 * worst.error_change:+.2f} points)")
+        b = branches[(branches.model == m) & (branches.layer == worst.block)] if (
+            "layer" in branches) else branches.iloc[:0]
+        if len(b) == 2:
+            by = {r.branch: 100 * r.error_change for r in b.itertuples()}
+            text += (f", and it is fragile through its {_BRANCH[max(by, key=by.get)]} branch "
+                     f"(attention alone {by['attn']:+.2f}, MLP alone {by['mlp']:+.2f})")
+        text += "."
+        if drops is not None and (drops.model == m).any():
+            s = summary(drops[drops.model == m]).sort_values("k")
+            e = s.mean_error.to_numpy()
+            text += (f" Error rises with every further block deleted ({100 * e[0]:.1f}% intact "
+                     f"to {100 * e[-1]:.1f}% with all {int(s.k.iloc[-1])} gone, on "
+                     f"{int(drops.n_images.iloc[0]):,} images), in steps of up to "
+                     f"{100 * (e[1:] - e[:-1]).max():.1f} points")
+        if orders is not None and {m, ref} <= set(orders.model):
+            one = orders[orders.k <= 1].groupby(["model", "k"]).error.mean()
+            text += (f"; one swap of two blocks costs {100 * (one[m, 1] - one[m, 0]):+.1f} "
+                     f"points (`{ref}`: {100 * (one[ref, 1] - one[ref, 0]):+.1f})")
+        if ref:  # judged against the ResNet measured alike, not against a typed-in number
+            ensemble = d.error_change.median() <= 2 * single(ref).error_change.median()
+            text += ("; so its blocks behave much like resnet56's ensemble" if ensemble else
+                     "; so its blocks do not behave like an ensemble of shallow paths as "
+                     f"`{ref}`'s do: each one matters, and their order matters")
+        out += [f"{text}.", ""]
+    return out
 
 
 def _branch_lines(model: str, whole: pd.DataFrame, rows: pd.DataFrame) -> list[str]:

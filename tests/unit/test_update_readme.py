@@ -100,6 +100,16 @@ def test_vit_answer_reads_the_deletion_table_block_by_block(tmp_path):
     assert "13 of 14 branches equivalent" in again and "1 raise its error" in again
     assert "most fragile is encoder.layers.encoder_layer_0.self_attention (+7.90" in again
     assert "| 0 | +8.90 | +7.90* | +0.05 |" in again
+    assert "**Answer for `vit_cifar`.**" in again and "0 of 7" not in again
+    assert "fragile through its attention branch (attention alone +7.90, MLP alone +0.05)" in again
+    assert "like resnet56" not in again and "shallow" not in again  # no resnet56: no verdict
+    for harm in (0.03, 0.0001):  # resnet56 harmed far more, then far less, than the ViT
+        ref = [{**r, "model": "resnet56", "family": "resnet", "error_change": harm}
+               for r in rows[:7]]
+        pd.DataFrame(rows + ref).to_csv(tmp_path / "results" / "delete_block" / "results.csv",
+                                        index=False)
+        like = "behave much like resnet56's ensemble" in u.vit_answer(tmp_path)
+        assert like == (harm > 0.001)
 
 
 
