@@ -19,6 +19,7 @@ from ablate import models
 from ablate._infra.errors import ArgumentParser, UsageError, check_out, cli_main, non_negative
 from ablate.training import TrainConfig, train
 from ablate.training.config import SCHEDULES
+from ablate.training.lesion import AUTO
 
 __all__ = ["main"]
 
@@ -75,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="hold out N train images for validation (the papers: 5000; default 0)")
     p.add_argument("--limit-train", type=int, help="use the first N train images (smoke runs)")
     p.add_argument("--limit-test", type=int, help="use the first N test images (smoke runs)")
+    p.add_argument("--lesion-at", metavar="EPOCHS",
+                   help="measure every single-block deletion at these epochs (0: at init) on "
+                   "a class-balanced test subset, into OUT/lesions.csv: epochs and every:N, "
+                   "drops, last, or auto (" + AUTO + "); default: none")
+    p.add_argument("--lesion-images", type=int, default=1000,
+                   help="size of that subset: the first N/classes test images of each class "
+                   "(default 1000)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 

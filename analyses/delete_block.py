@@ -27,7 +27,7 @@ from ablate.interventions import delete
 from ablate.interventions.variants import Variant
 from ablate.measures import Outcome, evaluate, mcnemar_exact
 from ablate.measures.stats import discordant, pack_correct, paired_difference
-from ablate.models.blocks import Block, blocks
+from ablate.models.blocks import Block, blocks, deletable_units
 from ablate.models.checkpoint import Loaded
 from ablate.models.transformers import is_transformer
 from analyses.context import condition
@@ -49,7 +49,7 @@ def whole_blocks(df: pd.DataFrame) -> pd.DataFrame:
 
 def deletable(loaded: Loaded) -> list[int]:
     """Units that can be deleted: every residual block, every shape-preserving plain unit."""
-    return [b.index for b in blocks(loaded.model) if b.kind == "residual" or not b.changes_shape]
+    return [b.index for b in deletable_units(loaded.model)]
 
 
 def check_deletable(loaded: Loaded, indices: Sequence[int]) -> None:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ablate._infra.errors import UsageError
 from ablate.models.cifar_resnet import CifarResNet, PlainBlock, _Residual
 
-__all__ = ["Block", "Glue", "blocks", "chain", "eval_mode", "get_module", "restore_flags",
+__all__ = ["Block", "Glue", "blocks", "chain", "deletable_units", "eval_mode", "get_module", "restore_flags",
            "set_module", "train_flags"]
 
 
@@ -224,6 +224,12 @@ def blocks(model: nn.Module, granularity: str = "block") -> list[Block]:
     if granularity not in tb.GRANULARITIES:
         raise UsageError(f"granularity must be one of {tb.GRANULARITIES}, not {granularity!r}")
     return [s for s in chain(model) if isinstance(s, Block)]
+
+
+def deletable_units(model: nn.Module) -> list[Block]:
+    """The units that can be deleted alone: every residual block, every shape-keeping plain
+    unit (deleting a plain unit that changes the feature shape breaks the forward pass)."""
+    return [b for b in blocks(model) if b.kind == "residual" or not b.changes_shape]
 
 
 def _chain_cifar(model: CifarResNet) -> list[Block | Glue]:

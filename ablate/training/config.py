@@ -180,6 +180,8 @@ class TrainConfig:
     cache_dir: str | None = None
     progress: bool = True
     eval_batch_size: int = 1000
+    lesion_at: str | None = None  # epochs of the lesion pass (training.lesion.parse_lesion_at)
+    lesion_images: int = 1000  # its class-balanced evaluation set, from the test split
     stop_after: int | None = field(default=None, repr=False)  # test hook: quit after this epoch
 
     def run_name(self) -> str:
@@ -213,7 +215,11 @@ class TrainConfig:
             raise UsageError("--change-device continues a run: add --resume")
         if self.amp not in (None, "bf16", "off"):
             raise UsageError(f"unknown --amp {self.amp!r}: use bf16 or off")
-        for flag, v in (("--limit-train", self.limit_train), ("--limit-test", self.limit_test)):
+        from ablate.training.lesion import parse_lesion_at
+
+        parse_lesion_at(self.lesion_at, self.recipe())
+        for flag, v in (("--limit-train", self.limit_train), ("--limit-test", self.limit_test),
+                        ("--lesion-images", self.lesion_images)):
             if v is not None and v < 1:
                 raise UsageError(f"{flag} must be a positive number of images, got {v}")
         return self

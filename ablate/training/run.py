@@ -22,6 +22,7 @@ from ablate._infra import distributed
 from ablate._infra.errors import UsageError
 from ablate.models import checkpoint
 from ablate.training import card as card_mod
+from ablate.training import lesion as lesion_mod
 from ablate.training.config import Recipe, TrainConfig, lr_at, paper_recipe
 from ablate.training.loop import Shard, evaluate, grad_columns, grad_probe, train_epoch, zero_grads
 from ablate.training.precision import attention_kernel
@@ -58,10 +59,17 @@ class _Run:
     step: int = 0
     train_seconds: float = 0.0
     reseeded: int | None = None  # the data generator's new seed after --change-device moved it
+    lesion_epochs: tuple[int, ...] = ()  # epochs whose single-block deletions are measured
+    lesion_data: tuple[Tensor, Tensor] | None = None  # the fixed evaluation set (training.lesion)
+    lesions: list[dict] = field(default_factory=list)  # the rows of lesions.csv
 
     @property
     def state_path(self) -> Path:
         return self.out / "last.pt"
+
+    @property
+    def lesion_path(self) -> Path:
+        return self.out / lesion_mod.TABLE
 
     @property
     def main(self) -> bool:
@@ -82,6 +90,7 @@ def train(config: TrainConfig, *, train_data: Dataset | None = None,
         r = _setup(config, device, train_data, test_data)
         fwd, eval_net = _wrap(r)
         _announce(r)
+        _lesion_catch_up(r)
         for epoch in range(r.start_epoch, r.recipe.epochs):
             _epoch(r, fwd, eval_net, epoch)
             if config.stop_after is not None and epoch + 1 >= config.stop_after:
@@ -123,6 +132,7 @@ def _setup(config: TrainConfig, device: torch.device, train_data: Dataset | None
              train_ds, net, opt, gen, run, precision.why, precision.math_attention)
     if config.resume:
         _resume(r)
+    _lesion_setup(r)
     return r
 
 
@@ -281,6 +291,8 @@ def _epoch(r: _Run, fwd: nn.Module, eval_net: nn.Module, epoch: int) -> None:
     if r.reseeded is not None and epoch == r.start_epoch:  # the first epoch after a move
         row["data_reseeded"] = f"seed {r.reseeded}"  # text: not a metric for training_curves
     row |= dict(zip(grad_columns(probe.n_blocks), gmean.tolist(), strict=True))
+    if r.lesion_epochs:  # written before last.pt: a crash between them re-measures this epoch
+        row["lesion_seconds"] = _lesion(r, epoch + 1)
     r.log.append(row)
     if r.main:
         _print_epoch(r, row)
@@ -288,6 +300,73 @@ def _epoch(r: _Run, fwd: nn.Module, eval_net: nn.Module, epoch: int) -> None:
                    step=r.step, gen=r.gen, device=r.device, log=r.log,
                    train_seconds=r.train_seconds)
         write_log(r.out / "log.csv", r.log)
+
+
+def _lesion_setup(r: _Run) -> None:
+    """The lesion schedule and evaluation set; the table's rows up to the resumed epoch."""
+    r.lesion_epochs = lesion_mod.parse_lesion_at(r.config.lesion_at, r.recipe)
+    if not r.lesion_epochs:
+        return
+    images, labels = r.splits["test"]
+    idx = lesion_mod.lesion_set(labels, r.config.lesion_images).to(labels.device)
+    r.lesion_data = (images[idx], labels[idx])
+    rows = lesion_mod.read_table(r.lesion_path) if r.main else []
+    sizes = {row["n_images"] for row in rows}
+    if sizes - {len(idx)}:
+        raise UsageError(f"{r.lesion_path} holds lesions on {sorted(sizes)} images, this run's "
+                         f"set has {len(idx)}: pass the run's --lesion-images or move the table "
+                         "aside")
+    r.lesions = [row for row in rows if row["epoch"] <= r.start_epoch]  # a future not kept: out
+
+
+def _lesion_catch_up(r: _Run) -> None:
+    """Measure the starting epoch's lesions if scheduled and missing (epoch 0 of a new run, or
+    a run stopped between writing last.pt and the table); rewrite a table that held more."""
+    if not r.lesion_epochs or not r.main:
+        return
+    if r.start_epoch in r.lesion_epochs and not any(
+            row["epoch"] == r.start_epoch for row in r.lesions):
+        _lesion(r, r.start_epoch)
+    elif r.lesion_path.exists() or r.lesions:
+        lesion_mod.write_table(r.lesion_path, r.lesions)
+
+
+def _lesion(r: _Run, epoch: int) -> float:
+    """Run the lesion pass of ``epoch`` if scheduled (rank 0; the others wait); its seconds."""
+    if epoch not in r.lesion_epochs:
+        return 0.0
+    seconds = 0.0
+    if r.main:
+        images, labels = r.lesion_data
+        rows = lesion_mod.lesion_rows(r.net, images, labels, epoch=epoch,
+                                      mean=data_mod.CIFAR10_MEAN, std=data_mod.CIFAR10_STD)
+        r.lesions = [row for row in r.lesions if row["epoch"] != epoch] + rows
+        lesion_mod.write_table(r.lesion_path, r.lesions)
+        seconds = rows[0]["seconds"] if rows else 0.0
+        changes = sorted(row["error_change"] for row in rows)
+        if changes:
+            print(f"lesions at epoch {epoch}: intact {rows[0]['intact_error']:.2%}, median change "
+                  f"{changes[len(changes) // 2]:+.2%} over {len(rows)} units, {seconds:.1f}s",
+                  flush=True)
+    if r.shard.world > 1:
+        dist.barrier()
+    return seconds
+
+
+def _lesion_card(r: _Run) -> dict:
+    """What the card says of the lesion table: set, schedule, cost against training."""
+    per_epoch = {row["epoch"]: row["seconds"] for row in r.lesions}
+    seconds = sum(per_epoch.values())
+    n = r.lesions[0]["n_images"]
+    return {
+        "table": f"{r.name}.lesions.csv",
+        "images": f"{n} test images of {r.train_ds.name}, class-balanced: the first "
+                  f"{n // len(r.train_ds.classes)} of each class in the test split's order",
+        "epochs": sorted(per_epoch),
+        "engine": "every single-unit deletion by the batched engine, fp32, eval mode",
+        "seconds": round(seconds, 1),
+        "share_of_training": round(seconds / r.train_seconds, 4) if r.train_seconds else None,
+    }
 
 
 def _print_epoch(r: _Run, row: dict) -> None:
@@ -310,10 +389,14 @@ def _finish(r: _Run) -> Path:
                              r.shard.world, r.device, r.config.survival(), r.train_seconds,
                              r.name, (data_mod.CIFAR10_MEAN, data_mod.CIFAR10_STD))
         card["final_test_error"] = fp32_error  # the reported number: always an fp32 evaluation
+        if r.lesions:
+            card["lesions"] = _lesion_card(r)
         card["final_test_error_eval"] = ("fp32, final weights; log.csv test errors of runs "
                                          "before this rule may be under bf16 autocast")
         weights = checkpoint.save(r.net, r.out / r.name, card)
         write_log(r.out / f"{r.name}.log.csv", r.log)
+        if r.lesions:
+            lesion_mod.write_table(r.out / f"{r.name}.lesions.csv", r.lesions)
         print(f"wrote {weights} (final test error {card['final_test_error']:.2%})", flush=True)
     if r.shard.world > 1:
         dist.barrier()
