@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from ablate._infra.errors import UsageError
 from ablate.models.cifar_resnet import CifarResNet, PlainBlock, _Residual
 
-__all__ = ["Block", "Glue", "blocks", "chain", "deletable_units", "eval_mode", "get_module", "restore_flags",
-           "set_module", "train_flags"]
+__all__ = ["Block", "Glue", "blocks", "chain", "deletable_units", "eval_mode", "get_module",
+           "restore_flags", "set_module", "train_flags"]
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
