@@ -1,4 +1,9 @@
-"""What every command shares: its common flags, loading models and data, block selections."""
+"""The command layer every experiment shares: flags from its options, then ``measure``, then
+``meta.json`` (the experiment's fields plus provenance) and its figure.
+
+``python -m ablate NAME`` (``ablate/__main__.py``) and the ``python -m ablate.NAME`` modules both
+end here; ``reproduce`` calls :func:`execute` with options it builds itself.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +11,20 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import pandas as pd
-from torch import nn
-
-from ablate import data, models
+from ablate import models
 from ablate._infra import distributed
-from ablate._infra.errors import ArgumentParser, UsageError, check_out, non_negative
-from ablate.data import Dataset
+from ablate._infra.errors import ArgumentParser, check_out, cli_main
 from ablate.models import checkpoint
-from ablate.models.checkpoint import Loaded
+from analyses import registry
+from analyses.options import Images, add_flags
+from analyses.registry import Experiment, Result
+from analyses.table import Table
 
-if TYPE_CHECKING:
-    from analyses.table import Table
-
-__all__ = ["parser", "load_models", "load_data", "parse_range", "Timer", "print_table"]
+__all__ = ["command", "execute", "invocations", "parser", "write_outputs"]
 
 
 class _ListModels(argparse.Action):
@@ -33,228 +34,81 @@ class _ListModels(argparse.Action):
         parser.exit()
 
 
-def parser(
-    description: str, default_models: Sequence[str] = ("resnet20",), demo_limit: int | None = None
-) -> argparse.ArgumentParser:
-    """An argument parser with the flags every analysis command takes.
-
-    ``demo_limit``: with no --model and no --limit, the default models run on this many images
-    (the first N, class-balanced), so the no-argument demo finishes in a few minutes.
-    """
-    p = ArgumentParser(description=description)
-    p.set_defaults(default_models=list(default_models), demo_limit=demo_limit)
-    p.add_argument("--model", nargs="+", default=None, metavar="NAME",
-                   help="registry or bundled-checkpoint names; several share one table and "
-                        f"figure (default: {' '.join(default_models)})")
-    p.add_argument("--checkpoint", nargs="+", default=None, metavar="PATH",
-                   help="checkpoint files, one per --model (ablate .safetensors or standard .th)")
-    p.add_argument("--weights", default=None,
-                   help="torchvision pretrained weights for ImageNet models, e.g. IMAGENET1K_V1")
-    p.add_argument("--data", default=None,
-                   help="data: a CIFAR directory or .tar.gz, an ImageFolder tree, one split "
-                        "folder of <class>/ images (e.g. imagenet/val), 'cifar10' (torchvision "
-                        "download); default: the bundled pristine CIFAR-10 test split")
-    p.add_argument("--split", default="test", choices=data.SPLITS,
-                   help="split of a tree or archive; a one-split folder is used whole")
-    p.add_argument("--resize", type=int, default=None, metavar="N",
-                   help="resize each image's shorter side to N (antialiased) when decoding; "
-                        "default 256 for ImageNet-trained torchvision models")
-    p.add_argument("--crop", type=int, default=None, metavar="N",
-                   help="then centre-crop N x N; default 224 for ImageNet-trained torchvision "
-                        "models")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="use the first N images")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="images per batch (default: 512 on a GPU, 128 on the CPU)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--out", default=None, help="output folder")
-    p.add_argument("--seed", type=non_negative, default=0, help="seed of every random draw")
-    p.add_argument("--no-figure", action="store_true", help="write the table only")
-    p.add_argument("--list-models", action=_ListModels, nargs=0, help="list models and exit")
+def parser(exp: Experiment, prog: str | None = None) -> argparse.ArgumentParser:
+    """The experiment's flags (its options' fields) under one description."""
+    doc = exp.line
+    if issubclass(exp.options, Images) and exp.default_models:
+        doc += f" (default models: {' '.join(exp.default_models)})"
+    p = ArgumentParser(prog=prog or f"python -m ablate {exp.name}", description=doc)
+    add_flags(p, exp.options)
+    if issubclass(exp.options, Images):
+        p.add_argument("--list-models", action=_ListModels, nargs=0,
+                       help="list models and exit")
     return p
 
 
-def load_models(args: argparse.Namespace, allow_init: bool = False) -> list[Loaded]:
-    device = distributed.device(args.device)
-    ckpts = args.checkpoint or []
-    defaulted = not args.model
-    names = list(args.model or args.default_models)
-    if ckpts and len(ckpts) != len(names):
-        if defaulted:  # let checkpoints name themselves
-            names = [None] * len(ckpts)
-        else:
-            msg = f"{len(ckpts)} checkpoints for {len(names)} models: give one per model"
-            raise UsageError(msg)
-    if args.weights is not None:
-        _check_weights(args.weights, names, ckpts)
-    out = []
-    for i, name in enumerate(names):
-        ck = ckpts[i] if ckpts else None
-        out.append(checkpoint.load(name, ck, device=device, weights=args.weights,
-                                   allow_init=allow_init))
-    seen = [m.name for m in out]
-    if len(set(seen)) != len(seen):
-        raise UsageError(f"models repeat ({', '.join(seen)}): name each one once")
-    return out
+def command(name: str):
+    """The ``main(argv) -> int`` of experiment ``name``: parse, measure, write, draw."""
+
+    @cli_main
+    def main(argv: Sequence[str] | None = None) -> int:
+        exp = registry.get(name)
+        p = parser(exp)
+        ns = p.parse_args(argv)
+        o = exp.options(**{f.name: getattr(ns, f.name) for f in fields(exp.options)})
+        return execute(exp, o)
+
+    main.__name__ = main.__qualname__ = f"{name}_main"
+    return main
 
 
-def _check_weights(weights: str, names: Sequence[str | None], ckpts: Sequence[str]) -> None:
-    """--weights picks torchvision's ImageNet weights: not with --checkpoint, not for CIFAR nets."""
-    if ckpts:
-        raise UsageError(f"--weights {weights} and --checkpoint both give the weights: "
-                         "pass one of them")
-    for name in names:
-        if name is not None and (checkpoint.bundled(name) or models.is_cifar(name)):
-            raise UsageError(
-                f"--weights {weights} selects torchvision ImageNet weights, but {name} is a CIFAR "
-                "model: drop --weights (CIFAR models use a bundled or --checkpoint file), or pick "
-                "a torchvision model (resnet18 ... resnet152, vgg11 ... vgg19_bn)"
-            )
+def execute(exp: Experiment, o: object, argv: Sequence[str] | None = None) -> int:
+    """Measure ``o`` (the experiment's options), then write meta.json and the figure on rank 0
+    and print the summary; every rank leaves the process group."""
+    assert is_dataclass(o) and isinstance(o, exp.options), f"options of {exp.name}"
+    if o.out is not None:
+        check_out(o.out)
+    t0 = time.perf_counter()
+    r = exp.measure(o)
+    if distributed.is_main():
+        write_outputs(exp, r, o, round(time.perf_counter() - t0, 2))
+        if r.summary is not None:
+            r.summary()
+        print(f"results: {r.results or r.out / 'results.csv'}", file=sys.stderr)
+    distributed.finish()
+    return 0
 
 
-# Class counts of the named sources, known without decoding them.
-_KNOWN_CLASSES = {None: ("cifar10", 10), "bundled": ("cifar10", 10),
-                  "cifar10": ("cifar10", 10), "cifar100": ("cifar100", 100)}
-
-
-def load_data(args: argparse.Namespace, loaded: Sequence[Loaded] | None = None) -> Dataset:
-    """Load ``--data``/``--split`` with ``--resize``/``--crop``, checked against the models.
-
-    ``loaded`` are the models from ``load_models(args)``. A torchvision model must have as
-    many outputs as the data has classes (a fresh one: at least as many); ImageNet-trained ones
-    (``--weights``, or 1000 outputs from a checkpoint) get the ImageNet evaluation preprocessing,
-    ``--resize 256 --crop 224``, unless ``--resize`` or ``--crop`` is given.
-    """
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit must be at least 1, not {args.limit}")
-    loaded = loaded or []
-    resize, crop = getattr(args, "resize", None), getattr(args, "crop", None)
-    tv = [m for m in loaded if not models.is_cifar(m.arch)]
-    key = None if args.data is None else str(args.data)
-    if key in _KNOWN_CLASSES:  # fail before decoding (and resizing) data that cannot fit
-        name, n = _KNOWN_CLASSES[key]
-        for m in tv:
-            _check_classes(m, name, n, "32x32 images")
-    imagenet = any(m.format != "init" and _outputs(m.model) == 1000 for m in tv)
-    if resize is None and crop is None and (imagenet or getattr(args, "weights", None)):
-        resize, crop = 256, 224
-        print("data: ImageNet evaluation preprocessing: shorter side resized to 256, centre "
-              "crop 224 (set --resize/--crop to change it)", file=sys.stderr)
-    ds = data.load(args.data, args.split, resize=resize, crop=crop)
-    demo = getattr(args, "demo_limit", None)
-    if demo and args.limit is None and not args.model and not args.checkpoint and len(ds) > demo:
-        args.limit = demo
-        print(f"data: the default demo uses the first {demo} images ({demo // len(ds.classes)} "
-              f"per class); name --model or pass --limit {len(ds)} for all of them",
-              file=sys.stderr)
-    for m in loaded:  # every model, CIFAR ones too: a 9-class folder cannot test a 10-class net
-        size = "x".join(str(s) for s in ds.images.shape[2:])
-        _check_classes(m, ds.name, len(ds.classes), f"{size} images")
-    return ds.subset(args.limit)
-
-
-def _outputs(model: nn.Module) -> int | None:
-    """The number of classes a classifier outputs: its last Linear layer's width."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1].out_features if linears else None
-
-
-def _check_classes(m: Loaded, data_name: str, n_classes: int, size: str) -> None:
-    out = _outputs(m.model)
-    if out is None or out == n_classes or (m.format == "init" and n_classes <= out):
-        return
-    trained = "ImageNet" if out == 1000 else f"{out}-class"
-    fix = ("pass --data PATH to an ImageNet-style folder with 1000 class folders (e.g. "
-           "imagenet/val)" if out == 1000 else
-           f"pass --data PATH to data with {out} classes")
-    raise UsageError(
-        f"{m.name} outputs {out} classes ({trained} head) but the data ({data_name}, {size}) has "
-        f"{n_classes} classes: {fix}, or a --checkpoint trained on this data"
-    )
-
-
-def batch_size(args: argparse.Namespace, loaded: Loaded) -> int:
-    if args.batch_size is not None:
-        if args.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, not {args.batch_size}")
-        return args.batch_size
-    return 512 if next(loaded.model.parameters()).is_cuda else 128
-
-
-def parse_range(spec: str | None, last: int, flag: str = "--blocks",
-                what: str = "block") -> list[int] | None:
-    """The one range parser: ``all`` or None -> None; ``0,3,5-9`` -> [0, 3, 5, 6, 7, 8, 9]; a
-    stride ``0-54:3`` -> 0, 3, ..., 54. Each number must be in 0..last, else a UsageError."""
-    if spec is None or spec == "all":
-        return None
-    out: list[int] = []
-    try:
-        for part in spec.split(","):
-            rng, _, step = part.partition(":")
-            a, sep, b = rng.partition("-")
-            lo, hi, by = int(a), int(b) if sep else int(a), int(step) if step else 1
-            if hi < lo or by < 1:
-                raise UsageError(f"{flag} {spec!r}: {part} is an empty range; write the smaller "
-                                 "number first (e.g. 1-3) and a step of at least 1")
-            out += list(range(lo, hi + 1, by))
-    except ValueError:
-        raise UsageError(f"{flag} {spec!r} is not a list like 0,3,5-9 or 0-54:3 (or 'all')") \
-            from None
-    bad = [i for i in out if not 0 <= i <= last]
-    if bad:
-        raise UsageError(f"{what} {bad[0]} is out of range: this model has {what}s 0..{last}")
-    return list(dict.fromkeys(out))  # 1,1 is one block
-
-
-def default_out(command: str, loaded: Sequence[Loaded]) -> Path:
-    return Path("runs") / command / "+".join(m.name for m in loaded)
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    @property
-    def seconds(self) -> float:
-        return round(time.perf_counter() - self.start, 2)
-
-
-def print_table(df: pd.DataFrame, columns: Sequence[str], title: str = "") -> None:
-    if title:
-        print(title, file=sys.stdout)
-    with pd.option_context("display.width", 120, "display.max_columns", 20,
-                           "display.float_format", "{:.4f}".format):
-        print(df[list(columns)].to_string(index=False))
-
-
-def write_outputs(
-    out: Path, meta: dict, loaded: Sequence[Loaded], ds: Dataset, args: argparse.Namespace,
-    timer: Timer, df: pd.DataFrame, figure: str, note: str | None = None,
-    table: Table | None = None,
-) -> None:
-    """Write ``meta.json`` (the analysis' own fields plus provenance), then draw
-    the experiment's figure (``ablate._experiments.PLOTS``) into ``out/<figure>.pdf|png`` unless
-    --no-figure. ``table``: the resumable table this invocation added to (see ``invocations``)."""
+def write_outputs(exp: Experiment, r: Result, o: object, wall_seconds: float) -> None:
+    """``meta.json`` (the experiment's fields, models and data, seed, provenance, every
+    invocation that measured rows), then the figure unless ``--no-figure``."""
     from ablate._infra.provenance import environment
     from analyses.context import data_meta
     from analyses.table import write_meta
 
-    meta = {
-        **meta, "models": [m.provenance() for m in loaded],
-        "data": data_meta(ds, args.limit), "seed": args.seed, "wall_seconds": timer.seconds,
-        **environment(next(loaded[0].model.parameters()).device),
-    }
-    meta["invocations"] = invocations(out / "meta.json", meta, table)
-    write_meta(out / "meta.json", meta)
-    if args.no_figure:
+    device = next(r.loaded[0].model.parameters()).device if r.loaded else "cpu"
+    meta = {"analysis": exp.name, "paper": exp.paper, **r.meta}
+    if r.loaded:
+        meta["models"] = [m.provenance() for m in r.loaded]
+    if r.ds is not None:
+        meta["data"] = data_meta(r.ds, getattr(o, "limit", None))
+    meta |= {"seed": o.seed, "wall_seconds": wall_seconds, **environment(device),
+             "world_size": distributed.rank_world()[1]}
+    meta["invocations"] = invocations(r.out / "meta.json", meta, r.table)
+    write_meta(r.out / "meta.json", meta)
+    if o.no_figure:
         return
+    from figures import plot_for
     from figures.theme import save
 
-    if note is None:
-        note = f"{ds.name}, {len(ds)} images" if args.limit is not None else None
-    from ablate._experiments import PLOTS
-
-    plot = PLOTS[figure]
-    print("figure:", *save(plot(df, note=note), out / figure), file=sys.stderr)
+    plot = plot_for(exp.name)
+    if plot is None:
+        print(f"figure: none registered for {exp.name}", file=sys.stderr)
+        return
+    note = r.note
+    if note is None and r.ds is not None and getattr(o, "limit", None) is not None:
+        note = f"{r.ds.name}, {len(r.ds)} images"
+    print("figure:", *save(plot(r.df, note=note), r.out / exp.name), file=sys.stderr)
 
 
 _INVOCATION = ("utc", "device", "git_commit", "command", "wall_seconds")
@@ -264,10 +118,11 @@ def invocations(path: Path, meta: dict, table: Table | None) -> list[dict]:
     """Every invocation that measured rows of a resumed table: where, when, with what code and
     how many rows. The top-level ``device`` etc. are the last invocation's, which may only have
     reused rows measured elsewhere; a table begun afresh starts the list afresh."""
-    now = [{**{k: meta.get(k) for k in _INVOCATION}, "rows": table.added}] if (
-        table is None or table.added) else []
-    if table is None or len(table.df) <= table.added or not path.is_file():
-        return now if table is not None else [{k: meta.get(k) for k in _INVOCATION}]
+    if table is None:  # a table rebuilt whole each time: this invocation alone
+        return [{k: meta.get(k) for k in _INVOCATION}]
+    now = [{**{k: meta.get(k) for k in _INVOCATION}, "rows": table.added}] if table.added else []
+    if len(table.df) <= table.added or not path.is_file():
+        return now
     try:
         prev = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -276,35 +131,3 @@ def invocations(path: Path, meta: dict, table: Table | None) -> list[dict]:
     if not isinstance(earlier, list):  # a meta.json from before this list: rows unknown
         earlier = [{**{k: prev.get(k) for k in _INVOCATION}, "rows": None}]
     return [*earlier, *now]
-
-
-def results_table(
-    args: argparse.Namespace, loaded: Sequence[Loaded], command: str, key: Sequence[str],
-    name: str = "results.csv", text: Sequence[str] = (),
-) -> tuple[Path, Table]:
-    """The output folder and its resumable table ``name``. Under torchrun only rank 0 writes;
-    the other ranks keep their rows in memory."""
-    from ablate._infra import distributed
-    from analyses.table import Table
-
-    out = check_out(default_out(command, loaded) if args.out is None else args.out)
-    main_rank = distributed.is_main()  # the folder is made by the first row or meta.json
-    return out, Table(out / name if main_rank else None, key, text)
-
-
-def finish_sweep(
-    out: Path, meta: dict, loaded: Sequence[Loaded], ds: Dataset, args: argparse.Namespace,
-    timer: Timer, frames: Sequence[pd.DataFrame], figure: str,
-    summary: Callable[[pd.DataFrame], None], table: Table | None = None,
-) -> int:
-    """On rank 0: meta.json, the figure and the printed summary; every rank: leave the group."""
-    from ablate._infra import distributed
-
-    if distributed.is_main():
-        df = pd.concat(frames, ignore_index=True)
-        meta = {**meta, "world_size": distributed.rank_world()[1]}
-        write_outputs(out, meta, loaded, ds, args, timer, df, figure, table=table)
-        summary(df)
-        print(f"results: {out / 'results.csv'}", file=sys.stderr)
-    distributed.finish()
-    return 0

@@ -22,6 +22,8 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,12 +36,20 @@ from ablate.data import Dataset, normalize
 from ablate.measures import mean_interval
 from ablate.models.blocks import Block, blocks, get_module
 from ablate.models.checkpoint import Loaded
-from analyses import delete_block
+from analyses import command, deletion
 from analyses.context import condition
+from analyses.options import Images, flag
+from analyses.plan import Plan, Settings
+from analyses.registry import Experiment, Result
 from analyses.sweep import resume
 from analyses.table import Table
+from analyses.verdicts import (
+    Finding,
+    fig,
+    read,
+)
 
-__all__ = [
+__all__ = ["EXPERIMENT",
     "BASELINES", "KEY", "LAYERS", "METHODS", "aggregate", "attribute", "attribution_layer",
     "baseline_input", "correlations", "run", "spearman",
 ]
@@ -146,7 +156,7 @@ def run(
     base = {**condition(loaded, ds), "method": method, "layer": layer,
             "n_steps": 0 if gxa else n_steps, "baseline": "none" if gxa else baseline}
     units = blocks(loaded.model)
-    lesion = functools.cache(lambda: delete_block.run(
+    lesion = functools.cache(lambda: deletion.run(
         loaded, ds, table=lesion_table, batch_size=batch_size, progress=progress
     ).set_index("block"))
 
@@ -213,3 +223,88 @@ def correlations(df: pd.DataFrame) -> list[dict]:
                 out.append({"model": model, "method": method, "layer": layer, "aggregate": agg,
                             "damage": damage, "rho": rho, "p_value": p, "n_blocks": len(d)})
     return out
+
+
+# --- Verdicts (the report's findings, read from results/<name>/) ---
+
+
+def verdicts(root: Path) -> list[Finding]:
+    _, meta = read(root, "attribution")
+    if not meta.get("spearman"):
+        return [Finding("Attribution vs lesion", "-", "-", "not run", "-")]
+    c = pd.DataFrame(meta["spearman"])
+    c = c[c.damage == "error_change"]
+    parts = [f"{r.model} {r.method} ({r.aggregate} vs {r.damage}): rho = {r.rho:.2f} "
+             f"(p = {r.p_value:.2g}, {int(r.n_blocks)} units)" for r in c.itertuples()]
+    return [Finding(
+        "Attribution vs lesion (ours)",
+        "No published number: does captum's per-block attribution predict what deleting the "
+        "block does?", "; ".join(parts[:6]), "new", "Spearman rank correlation",
+        fig(root, "attribution"))]
+
+
+
+# --- The command -----------------------------------------------------------------------------
+#   python -m ablate attribution --model resnet110 --checkpoint resnet110.safetensors \
+#       --method conductance gradient_x_activation --limit 1000
+# --limit defaults to 512 images on a GPU, 64 on the CPU. Writes results.csv (one row per model,
+# method and block), delete_block.csv (the lesion rows, as the delete_block experiment writes
+# them), meta.json and attribution.pdf/.png.
+
+
+@dataclass
+class Options(Images):
+    method: list[str] = flag(["conductance"], f"captum methods: {', '.join(METHODS)}",
+                             metavar="METHOD")
+    layer: str = flag("block", "block (its output) or branch (the output of its residual "
+                      "branch)")
+    n_steps: int = flag(16, "integration steps of conductance and integrated gradients")
+    baseline: str = flag("mean", "mean (zeros in normalised space: the mean colour) or black")
+
+
+def measure(o: Options) -> Result:
+    for m in o.method:
+        check(m, o.layer, o.baseline)
+    if o.n_steps < 1:
+        raise UsageError(f"--n-steps must be at least 1, not {o.n_steps}")
+    loaded = command.load_models(o, EXPERIMENT.default_models, allow_init=True)
+    if o.limit is None:
+        o.limit = 512 if next(loaded[0].model.parameters()).is_cuda else 64
+    ds = command.load_data(o, loaded, EXPERIMENT.demo_limit)
+    out, table = command.results_table(o, loaded, "attribution", KEY)
+    lesion = Table(out / "delete_block.csv", deletion.KEY)
+    frames = [run(m, ds, method=method, layer=o.layer, n_steps=o.n_steps, baseline=o.baseline,
+                  table=table, lesion_table=lesion, batch_size=command.batch_size(o, m))
+              for m in loaded for method in dict.fromkeys(o.method)]
+    df = pd.concat(frames, ignore_index=True)
+    corr = correlations(df)
+    meta = {
+        "method": o.method, "layer": o.layer, "n_steps": o.n_steps, "baseline": o.baseline,
+        "target": "logit of the true class",
+        "aggregates": {"attr_abs": "mean over images of sum |A|",
+                       "attr_signed": "mean over images of |sum A|"},
+        "spearman": corr,
+    }
+    return Result(out, df, meta, loaded, ds, table, f"{ds.name}, {len(ds)} images",
+                  summary=lambda: _summary(corr))
+
+
+def _summary(corr: list[dict]) -> None:
+    for c in corr:
+        if c["aggregate"] == "attr_abs":
+            print(f"{c['model']} {c['method']} ({c['layer']}): Spearman rho of sum|A| vs "
+                  f"{c['damage']} = {c['rho']:.3f} (p = {c['p_value']:.3g}, "
+                  f"{c['n_blocks']} blocks)")
+
+
+def reproduce(p: Plan, s: Settings) -> Options:
+    """Conductance of the ResNets' blocks against their deletion damage."""
+    return Options(model=list(p.resnets), limit=s.attribution_images,
+                   n_steps=s.attribution_steps)
+
+
+EXPERIMENT = Experiment(
+    name="attribution", paper="Veit et al. 2016 (lesion) vs captum attributions", run=run,
+    key=KEY, options=Options, measure=measure, verdicts=verdicts, reproduce=reproduce,
+    order=70, summary="captum block attributions against block-deletion damage",
+)

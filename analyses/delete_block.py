@@ -1,148 +1,218 @@
-"""Veit et al. 2016, section 4.1 (Figs. 3 and 8): delete one block at a time.
+"""The ``delete_block`` experiment: Veit et al. 2016, Figs. 3 and 8 (and Huang et al.'s Table 1
+read from the same table): delete one unit at a time, measured by :mod:`analyses.deletion`.
 
-For every deleted unit: test error with a 95% Wilson interval, loss with a t interval, the change
-against the intact network with a 95% paired (Agresti-Min) interval on the same images, the
-discordant counts behind it, an exact McNemar test, and the per-image correctness of the deleted
-and the intact net (packed bits) so that two networks can be compared image by image (Fig. 8).
+    python -m ablate delete_block --model resnet110 plain110 --data cifar10-png.tar.gz
+    python -m ablate delete_block --model vit_cifar --branches   # also each attention/MLP branch
 
-Transformers can also lose one attention or MLP branch at a time (``branches=True``): those rows
-have ``granularity`` "branch", the branch's index in ``blocks(model, "branch")`` as ``block``, and
-its ``layer`` and ``branch`` ("attn", "mlp"); whole-block rows have ``granularity`` "block".
-
-"Which blocks hurt" is read from McNemar's p after Holm's correction over a network's blocks;
-"no noticeable change" needs an equivalence test (TOST) of the paired difference against a stated
-margin: a non-significant p alone says nothing (see ``figures.report``).
+Writes ``results.csv`` (one row per model and deleted unit), ``meta.json`` and
+``delete_block.pdf/.png``; rerunning with the same arguments reuses the rows already written.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from ablate._infra import distributed
 from ablate._infra.errors import UsageError
-from ablate.data import Dataset
-from ablate.interventions import delete
-from ablate.interventions.variants import Variant
-from ablate.measures import Outcome, evaluate, mcnemar_exact
-from ablate.measures.stats import discordant, pack_correct, paired_difference
-from ablate.models.blocks import Block, blocks, deletable_units
-from ablate.models.checkpoint import Loaded
+from ablate.measures.stats import holm, paired_bootstrap, tost_equivalent
+from ablate.models.blocks import blocks
 from ablate.models.transformers import is_transformer
-from analyses.context import condition
-from analyses.sweep import outcome_columns, resume, sweep
-from analyses.table import Table
+from analyses import command
+from analyses.deletion import KEY, check_deletable, deletable, row, run, whole_blocks
+from analyses.options import Images, flag
+from analyses.plan import Plan, Settings
+from analyses.registry import Experiment, Result
+from analyses.verdicts import (
+    ALPHA,
+    EQUIVALENCE_MARGIN,
+    ONE_SEED,
+    Finding,
+    fig,
+    pct,
+    per_image_wrong,
+    read,
+    twins,
+)
 
-__all__ = ["KEY", "check_deletable", "deletable", "row", "run", "whole_blocks"]
-
-KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "data_sha256", "granularity",
-       "block")
-
-
-def whole_blocks(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows that delete a whole unit (not a transformer's single branch)."""
-    if "granularity" not in df.columns:
-        return df
-    return df[df["granularity"].fillna("block") != "branch"]
-
-
-def deletable(loaded: Loaded) -> list[int]:
-    """Units that can be deleted: every residual block, every shape-preserving plain unit."""
-    return [b.index for b in deletable_units(loaded.model)]
-
-
-def check_deletable(loaded: Loaded, indices: Sequence[int]) -> None:
-    """Refuse shape-changing plain units up front, with the units that can be deleted."""
-    units = blocks(loaded.model)
-    for i in indices:
-        if units[i].kind == "plain" and units[i].changes_shape:
-            ok = deletable(loaded)
-            raise UsageError(
-                f"unit {i} ({units[i].name}) of {loaded.name} changes the feature shape and cannot "
-                f"be deleted; deletable units are {_ranges(ok)}"
-            )
+__all__ = ["EXPERIMENT", "KEY", "check_deletable", "deletable", "deletion_tests", "row", "run",
+           "verdicts", "whole_blocks"]
 
 
-def _ranges(idx: Sequence[int]) -> str:
-    parts, start = [], None
-    for a, b in zip([None, *idx], [*idx, None]):
-        if start is None:
-            start = b
-        elif b is None or b != a + 1:
-            parts.append(f"{start}" if start == a else f"{start}-{a}")
-            start = b
-    return ",".join(parts)
+# --- Verdicts (the report's findings, read from results/<name>/) ---
 
 
-def row(base: dict, b: Block, out: Outcome, intact: Outcome, layer: int | None = None) -> dict:
-    """One deleted unit's row: its outcome, the change against the intact net with a paired
-    interval and McNemar's p, and both nets' per-image correctness (packed). ``b`` may be a
-    transformer's branch (then ``layer`` is its layer's index)."""
-    broken, fixed = discordant(out.correct, intact.correct)
-    _, lo, hi = paired_difference(broken, fixed, len(out.correct))
-    branch = getattr(b, "branch", None)
-    where = {"granularity": "branch", "layer": layer, "branch": branch} if branch else {
-        "granularity": "block"}
-    return {
-        **base, **where, "block": b.index, "block_name": b.name, "stage": b.stage,
-        "downsample": b.changes_shape, "kind": b.kind, **outcome_columns(out),
-        "intact_error": intact.error, "error_change": out.error - intact.error,
-        "change_low": lo, "change_high": hi, "n_broken": broken, "n_fixed": fixed,
-        "intact_loss": float(intact.loss.mean()),
-        "p_value": mcnemar_exact(out.correct, intact.correct),
-        "correct": pack_correct(out.correct.cpu().numpy()),
-        "intact_correct": pack_correct(intact.correct.cpu().numpy()),
-    }
+def _plain_deletion(model: str, d: pd.DataFrame, fig_: str | None) -> Finding:
+    chance = 1 - 1 / d.num_classes.iloc[0]
+    med = d.error.median()
+    return Finding(
+        "Veit Fig. 3 (plain)",
+        "Deleting any single layer of a plain network raises error to chance.",
+        f"{model}: intact {pct(d.intact_error.iloc[0])}; after deleting one of {len(d)} layers: "
+        f"median {pct(med)}, lowest {pct(d.error.min())} (chance {pct(chance)})",
+        "reproduces" if med >= 0.8 * chance else "does not reproduce",
+        "median error after a deletion at least 80% of chance error", fig_)
 
 
-def run(
-    loaded: Loaded,
-    ds: Dataset,
-    *,
-    indices: Sequence[int] | None = None,
-    branches: bool = False,
-    table: Table | None = None,
-    batch_size: int = 256,
-    max_rows: int | None = None,
-    group: int = 16,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Delete each unit in ``indices`` (default: all deletable) alone; rows for ``loaded``.
-    ``branches``: a transformer also loses each attention and MLP branch alone (all of them).
+def _residual_deletion(model: str, d: pd.DataFrame, fig_: str | None) -> Finding:
+    fam = d.family.iloc[0]
+    section = "Veit Fig. 3" + (" / Fig. 8" if fam == "stochastic_depth" else "")
+    claim = ("Deleting a single block of a residual network barely changes its error; only the "
+             "downsampling blocks matter noticeably.")
+    crit = (f"at least half of the non-downsampling blocks equivalent to the intact net within "
+            f"±{100 * EQUIVALENCE_MARGIN:g} point (TOST at {ALPHA:g}: 90% paired interval inside "
+            "the margin), and the downsampling blocks' mean change above the others' median")
+    if "n_broken" not in d:
+        return Finding(section, claim, f"{model}: table predates the paired counts", "not run",
+                       crit + "; rerun delete_block", fig_)
+    d = deletion_tests(d)
+    down, rest = d[d.downsample.astype(bool)], d[~d.downsample.astype(bool)]
+    eq = rest.equivalent.tolist()
+    hurt = d[d.hurts]
+    med = rest.error_change.median()
+    ok = bool(rest.size) and np.mean(eq) >= 0.5 and (
+        down.empty or down.error_change.mean() > med)
+    ours = (f"{model}: intact {pct(d.intact_error.iloc[0])}; non-downsampling blocks "
+            f"({len(rest)}): median change {100 * med:+.2f} points, largest "
+            f"{100 * rest.error_change.max():+.2f}; {sum(eq)} of {len(rest)} shown equivalent "
+            f"within ±{100 * EQUIVALENCE_MARGIN:g} point; blocks that hurt (exact McNemar, Holm "
+            f"over {len(d)} blocks, p < {ALPHA:g}): {_names(hurt)}; "
+            + (f"downsampling blocks ({len(down)}): mean change "
+               f"{100 * down.error_change.mean():+.2f} points" if len(down) else
+               "no downsampling blocks"))
+    return Finding(section, claim, ours, "reproduces" if ok else "does not reproduce", crit,
+                   fig_)
 
-    Rows already in ``table`` are not recomputed; new ones are added every ``group`` units. Under
-    torchrun the groups are split across ranks and rank 0's table gets the rows.
-    """
-    table = Table(None, KEY) if table is None else table
-    base = condition(loaded, ds)
-    units = blocks(loaded.model)
-    indices = deletable(loaded) if indices is None else sorted(set(indices))
-    intact = functools.cache(lambda: evaluate(
-        loaded.model, ds.images, ds.labels, batch_size=batch_size, progress=progress,
-        desc=f"{loaded.name} intact", mean=loaded.mean, std=loaded.std))
-    whole = sweep(loaded, ds, table, [{**base, "granularity": "block", "block": i}
-                                      for i in indices],
-                  lambda k: Variant.deleting(k["block"]),
-                  lambda k, o: row(base, units[k["block"]], o, intact()),
-                  lambda part: f"blocks {part[0]['block']}-{part[-1]['block']}",
-                  group=group, batch_size=batch_size, max_rows=max_rows, progress=progress)
-    if not (branches and is_transformer(loaded.model)):
-        return whole
-    parts = blocks(loaded.model, "branch")
-    layer = {b.name: b.index for b in units}
 
-    def measure(keys: list[dict]) -> list[dict]:  # the interventions themselves, one pass each
-        out = []
-        for k in keys:
-            b = parts[k["block"]]
-            with delete(loaded.model, [b.index], granularity="branch"):
-                o = evaluate(loaded.model, ds.images, ds.labels, batch_size=batch_size,
-                             progress=progress, desc=f"{loaded.name} {b.name}",
-                             mean=loaded.mean, std=loaded.std)
-            out.append({**k, **row(base, b, o, intact(), layer[b.layer])})
-        return out
+def deletion_tests(d: pd.DataFrame) -> pd.DataFrame:
+    """One network's single-block deletions with the per-block tests the verdicts use:
+    ``p_holm`` (McNemar, Holm over its blocks), ``hurts`` (significant and harmful) and
+    ``equivalent`` (TOST within ``EQUIVALENCE_MARGIN``)."""
+    n = int(d.n_images.iloc[0])
+    d = d.assign(p_holm=holm(d.p_value.tolist()))
+    return d.assign(
+        hurts=(d.p_holm < ALPHA) & (d.error_change > 0),
+        equivalent=[tost_equivalent(int(r.n_broken), int(r.n_fixed), n, EQUIVALENCE_MARGIN,
+                                    ALPHA) for r in d.itertuples()])
 
-    single = resume(table, [{**base, "granularity": "branch", "block": b.index} for b in parts],
-                    measure, what=f"{loaded.name} branches", group=2)
-    return pd.concat([whole, single], ignore_index=True)
+
+def _names(d: pd.DataFrame) -> str:
+    if d.empty:
+        return "none"
+    tags = [f"{int(r.block)}{'*' if r.downsample else ''}" for r in d.itertuples()]
+    key = "; * downsampling" if d.downsample.astype(bool).any() else ""
+    return f"{len(d)} ({', '.join(tags)}{key})"
+
+
+def _fig8(root: Path, df: pd.DataFrame, fig_: str | None) -> list[Finding]:
+    pair = twins(root, df.model.unique().tolist())
+    if pair is None or not set(pair) <= set(df.model):
+        return []
+    const, sd = pair
+    claim = ("A network trained with stochastic depth is slightly more robust to deletion, "
+             "mainly at the downsampling blocks.")
+    crit = (f"{sd} minus {const}: mean error change per deleted block, 95% paired bootstrap "
+            f"interval over the same test images entirely below 0; {ONE_SEED}")
+    if "correct" not in df:
+        return [Finding("Veit Fig. 8", claim, "table predates per-image outcomes", "not run",
+                        crit, fig_)]
+    a, b = (df[df.model == m].sort_values("block") for m in pair)
+    common = sorted(set(a.block) & set(b.block))
+    a, b = a[a.block.isin(common)], b[b.block.isin(common)]
+    change = {m: per_image_wrong(d).mean(0) - per_image_wrong(d.iloc[:1], "intact_correct")[0]
+              for m, d in ((const, a), (sd, b))}
+    diff, lo, hi = paired_bootstrap(change[const], change[sd])
+    down = a.downsample.astype(bool).to_numpy()
+    dd = (b.error_change.to_numpy() - a.error_change.to_numpy())
+    ours = (f"{len(common)} blocks deleted one at a time from each: mean error change "
+            f"{const} {100 * a.error_change.mean():+.2f}, {sd} {100 * b.error_change.mean():+.2f} "
+            f"points; difference {100 * diff:+.2f} (95% paired interval {100 * lo:+.2f} to "
+            f"{100 * hi:+.2f})"
+            + (f"; at the downsampling blocks {100 * dd[down].mean():+.2f}, elsewhere "
+               f"{100 * dd[~down].mean():+.2f} points" if down.any() and (~down).any() else ""))
+    return [Finding("Veit Fig. 8", claim, ours, "reproduces" if hi < 0 else "does not reproduce",
+                    crit, fig_)]
+
+
+def verdicts(root: Path) -> list[Finding]:
+    df, _ = read(root, "delete_block")
+    if df is None:
+        return [Finding("Veit Fig. 3", "single-block deletion", "-", "not run", "-")]
+
+    out, fig_ = [], fig(root, "delete_block")
+    df = whole_blocks(df)  # Veit's findings are on whole blocks; a ViT's branches are extra
+    for model, d in df.groupby("model", sort=False):
+        if d.family.iloc[0] == "plain":
+            out.append(_plain_deletion(model, d, fig_))
+        else:
+            out.append(_residual_deletion(model, d, fig_))
+    return out + _fig8(root, df, fig_)
+
+
+
+# --- The command -----------------------------------------------------------------------------
+
+
+@dataclass
+class Options(Images):
+    blocks: str = flag("all", "units to delete: all, or e.g. 0,3,5-9")
+    branches: bool = flag(False, "transformers: also delete each attention and MLP branch alone "
+                          "(rows with granularity 'branch'); other networks have no branches")
+
+
+def measure(o: Options) -> Result:
+    loaded = command.load_models(o, EXPERIMENT.default_models)
+    if o.branches and not any(is_transformer(m.model) for m in loaded):
+        raise UsageError("--branches deletes a transformer's attention and MLP branches, and "
+                         f"none of {', '.join(m.name for m in loaded)} is a transformer: drop "
+                         "--branches, or add a ViT (e.g. --model vit_cifar)")
+    chosen = []  # refuse a bad --blocks for any model before writing anything
+    for m in loaded:
+        chosen.append(command.parse_range(o.blocks, len(blocks(m.model)) - 1))
+        if chosen[-1] is not None:
+            check_deletable(m, chosen[-1])
+    ds = command.load_data(o, loaded, EXPERIMENT.demo_limit)
+    out, table = command.results_table(o, loaded, "delete_block", KEY)
+    frames = [run(m, ds, indices=idx, branches=o.branches, table=table,
+                  batch_size=command.batch_size(o, m), progress=distributed.is_main())
+              for m, idx in zip(loaded, chosen)]
+    df = pd.concat(frames, ignore_index=True)
+    return Result(out, df, {}, loaded, ds, table, summary=lambda: _summary(df))
+
+
+def _summary(df: pd.DataFrame) -> None:
+    for model, d in whole_blocks(df).groupby("model", sort=False):
+        worst = d.nlargest(5, "error_change")
+        command.print_table(
+            worst.assign(error_pct=worst.error * 100, change_pct=worst.error_change * 100),
+            ["block", "block_name", "downsample", "error_pct", "change_pct", "p_value"],
+            title=f"\n{model}: intact error {d.intact_error.iloc[0]:.2%}; "
+                  f"median after deleting one unit {d.error.median():.2%}; most damaging:",
+        )
+    single = df.drop(whole_blocks(df).index)
+    for model, d in single.groupby("model", sort=False):
+        worst = d.nlargest(5, "error_change")
+        command.print_table(
+            worst.assign(error_pct=worst.error * 100, change_pct=worst.error_change * 100,
+                         layer=worst.layer.astype(int)),
+            ["layer", "branch", "block_name", "error_pct", "change_pct", "p_value"],
+            title=f"\n{model}: median after deleting one branch {d.error.median():.2%}; "
+                  "most damaging:",
+        )
+
+
+def reproduce(p: Plan, s: Settings) -> Options:
+    """Fig. 3 (and Fig. 8, Huang's Table 1): the ResNets, the SD pair, the plain net, the ViTs
+    with their branches, on ``s.limit`` images."""
+    return Options(model=p.deletion, limit=s.limit, branches=bool(p.vits))
+
+
+EXPERIMENT = Experiment(
+    name="delete_block", paper="Veit et al. 2016, Figs. 3 and 8", run=run, key=KEY,
+    options=Options, measure=measure, verdicts=verdicts, reproduce=reproduce, order=10,
+    summary="delete one block at a time (Veit et al. 2016, Figs. 3 and 8)",
+    default_models=("resnet56", "plain56"), demo_limit=2000,
+)

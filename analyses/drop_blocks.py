@@ -12,26 +12,41 @@ draw from their shape-preserving units.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ablate._infra import distributed
 from ablate._infra.errors import UsageError
+from ablate._infra.seeds import model_key
 from ablate.data import Dataset
 from ablate.interventions.variants import Variant
 from ablate.measures import mean_interval
-from ablate.models.blocks import blocks
+from ablate.models.blocks import blocks, deletable_units
 from ablate.models.checkpoint import Loaded
+from analyses import command
 from analyses.context import condition
-from analyses.delete_block import deletable
+from analyses.options import Images, flag
+from analyses.plan import Plan, Settings
+from analyses.registry import Experiment, Result
 from analyses.sweep import outcome_columns, sweep
 from analyses.table import Table
+from analyses.verdicts import (
+    UNITS,
+    Finding,
+    fig,
+    pct,
+    read,
+    rho,
+    units,
+)
 
-__all__ = [
-    "KEY", "candidates", "check", "default_max_k", "draw", "model_key", "run",
+__all__ = ["EXPERIMENT",
+    "KEY", "candidates", "check", "default_max_k", "draw", "run",
     "samples_for", "summary",
 ]
 
@@ -40,15 +55,10 @@ KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "data_sha25
 MAX_K = 20
 
 
-def model_key(name: str) -> int:
-    """A stable 64-bit number for an architecture name (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
-
-
 def candidates(loaded: Loaded, include_downsampling: bool = False) -> list[int]:
     """Units a random set is drawn from: deletable ones, downsampling blocks only if asked."""
-    units = blocks(loaded.model)
-    return [i for i in deletable(loaded) if include_downsampling or not units[i].changes_shape]
+    return [u.index for u in deletable_units(loaded.model)
+            if include_downsampling or not u.changes_shape]
 
 
 def default_max_k(n: int) -> int:
@@ -147,3 +157,105 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
                     "mean_error": m, "mean_low": max(lo, 0.0), "mean_high": min(hi, 1.0),
                     "num_classes": d["num_classes"].iloc[0] if "num_classes" in d else 10})
     return pd.DataFrame(out)
+
+
+# --- Verdicts (the report's findings, read from results/<name>/) ---
+
+
+def _drop_plain(model: str, d: pd.DataFrame, fig_: str | None) -> Finding:
+    e1 = d[d.k == 1].mean_error
+    chance = 1 - 1 / d.num_classes.iloc[0]
+    ok = len(e1) and float(e1.iloc[0]) >= 0.8 * chance
+    return Finding(
+        "Veit Fig. 5a (plain)", "A plain network collapses after any deletion.",
+        (f"{model}: mean error with one layer deleted {pct(float(e1.iloc[0]))}" if len(e1) else
+         f"{model}: no k = 1 sets") + f" ({UNITS})",
+        "reproduces" if ok else "does not reproduce", "mean error at k = 1 at least 80% of chance",
+        fig_)
+
+
+def verdicts(root: Path) -> list[Finding]:
+    df, _ = read(root, "drop_blocks")
+    if df is None:
+        return [Finding("Veit Fig. 5a", "k-block deletion", "-", "not run", "-")]
+
+    out, fig_ = [], fig(root, "drop_blocks")
+    for model, d in summary(df).groupby("model", sort=False):
+        d = d.sort_values("k")
+        if d.family.iloc[0] == "plain":
+            out.append(_drop_plain(model, d, fig_))
+            continue
+        r = rho(d.k, d.mean_error)
+        jump = float(np.diff(d.mean_error.to_numpy()).max()) if len(d) > 1 else float("nan")
+        n = int(df[df.model == model].n_candidates.iloc[0]) if "n_candidates" in df else int(
+            d.k.max())
+        k10 = round(10 / 54 * n)
+        at = d[d.k == k10].mean_error
+        out.append(Finding(
+            "Veit Fig. 5a",
+            "Error grows smoothly with the number of deleted blocks: about 20% with 10 of 54 "
+            "blocks of ResNet-110 deleted.",
+            f"{model}: mean error {pct(float(d.mean_error.iloc[0]))} at k = 0 to "
+            f"{pct(float(d.mean_error.iloc[-1]))} at k = {int(d.k.iloc[-1])} "
+            f"{units(d.family.iloc[0])}; Spearman rho(k, error) = {r:.2f}; largest step "
+            f"{100 * jump:+.1f} points; at k = {k10} ({k10} of its {n} blocks, Veit's 10 of 54): "
+            f"{pct(float(at.iloc[0])) if len(at) else 'n/a'} ({UNITS})",
+            "reproduces" if r >= 0.9 and jump < 0.2 else "does not reproduce",
+            "rho >= 0.9 (error rises with k) and no single step of 20 points or more", fig_))
+    return out
+
+
+
+# --- The command -----------------------------------------------------------------------------
+#   python -m ablate drop_blocks --model resnet110 plain110 resnet110-sd --samples 20
+#   torchrun --standalone --nproc_per_node 4 -m ablate.drop_blocks --model resnet110 ...
+# Writes results.csv (one row per model, k and random set), meta.json and drop_blocks.pdf/.png;
+# a larger --max-k or --samples computes only the new sets.
+
+
+@dataclass
+class Options(Images):
+    max_k: int | None = flag(None, "largest number of deleted blocks (default: all candidates, "
+                             "at most 20)")
+    samples: int = flag(20, "random sets per k")
+    include_downsampling: bool = flag(False, "let the random sets include downsampling blocks")
+
+
+def measure(o: Options) -> Result:
+    loaded = command.load_models(o, EXPERIMENT.default_models)
+    for m in loaded:  # refuse a bad --max-k for any model before computing anything
+        check(m, o.max_k, o.samples, o.include_downsampling)
+    ds = command.load_data(o, loaded, EXPERIMENT.demo_limit)
+    out, table = command.results_table(o, loaded, "drop_blocks", KEY,
+                                       text=("deleted", "deleted_names"))
+    df = pd.concat([run(m, ds, max_k=o.max_k, samples=o.samples, seed=o.seed,
+                        include_downsampling=o.include_downsampling, table=table,
+                        batch_size=command.batch_size(o, m), progress=distributed.is_main())
+                    for m in loaded], ignore_index=True)
+    meta = {"samples": o.samples, "max_k": o.max_k,
+            "include_downsampling": o.include_downsampling}
+    return Result(out, df, meta, loaded, ds, table, summary=lambda: _summary(df))
+
+
+def _summary(df: pd.DataFrame) -> None:
+    for model, d in summary(df).groupby("model", sort=False):
+        command.print_table(
+            d.assign(error_pct=d.mean_error * 100, low_pct=d.mean_low * 100,
+                     high_pct=d.mean_high * 100),
+            ["k", "sets", "error_pct", "low_pct", "high_pct"],
+            title=f"\n{model}: mean test error (%) over random sets of k deleted blocks, 95% t "
+                  "interval",
+        )
+
+
+def reproduce(p: Plan, s: Settings) -> Options:
+    """Fig. 5a on the ResNets and the ViTs."""
+    return Options(model=p.sweeps, samples=s.drop_samples, limit=s.sweep_limit)
+
+
+EXPERIMENT = Experiment(
+    name="drop_blocks", paper="Veit et al. 2016, Fig. 5a", run=run, key=KEY, options=Options,
+    measure=measure, verdicts=verdicts, reproduce=reproduce, order=20,
+    summary="delete k random blocks at once (Veit et al. 2016, Fig. 5a)",
+    default_models=("resnet20", "plain20"),
+)

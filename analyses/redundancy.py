@@ -16,22 +16,30 @@ out of the correlation (``in_correlation``); their damage is still reported.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ablate._infra import distributed
 from ablate._infra.errors import UsageError
 from ablate.data import Dataset, normalize
 from ablate.interventions.variants import Variant, evaluate_variants
 from ablate.measures.redundancy import rank_correlation, redundancy
 from ablate.models.blocks import blocks, eval_mode
 from ablate.models.checkpoint import Loaded
+from analyses import command
 from analyses.context import condition
+from analyses.options import Images, flag
+from analyses.plan import Plan, Settings
+from analyses.registry import Experiment, Result
 from analyses.sweep import resume
 from analyses.table import Table
+from analyses.verdicts import Finding, fig, read
 
-__all__ = ["KEY", "MEASURES", "run", "specs"]
+__all__ = ["EXPERIMENT", "KEY", "MEASURES", "run", "specs"]
 
 KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "data_sha256", "seed",
        "n_boot", "measure", "n", "block")
@@ -139,3 +147,107 @@ def _measure(loaded: Loaded, ds: Dataset, plan: list[tuple[str, int]], keys: lis
                 "n_correlated": int(ok.sum()), **corr,
             })
     return rows
+
+
+# --- Verdicts (the report's findings, read from results/<name>/) ---
+
+
+_CLAIMS = {
+    "block_influence": (
+        "Men et al. 2024 (ShortGPT)",
+        "A block whose output barely differs from its input (low Block Influence, 1 - cos(x, y)) "
+        "can be deleted at little cost: BI ranks blocks by deletion damage."),
+    "angular_distance": (
+        "Gromov et al. 2024",
+        "The n-block window with the smallest angular distance between its input and output is "
+        "the cheapest to delete: the distance ranks windows by deletion damage."),
+}
+
+
+def verdicts(root: Path) -> list[Finding]:
+    df, _ = read(root, "redundancy")
+    if df is None:
+        return [Finding("Men et al. 2024 (ShortGPT)", "Block Influence against deletion damage",
+                        "-", "not run", "-")]
+    fig_, out = fig(root, "redundancy"), []
+    for measure, (section, claim) in _CLAIMS.items():
+        d = df[df.measure == measure]
+        if d.empty:
+            continue
+        n = int(d.n.max())  # Block Influence: 1; angular distance: the longest window
+        unit = "a block" if n == 1 else f"a {n}-block window"
+        crit = (f"95% bootstrap interval (over images) of Spearman's rho between {unit}'s mean "
+                f"{measure.replace('_', ' ')} and the error change when it is deleted entirely "
+                "above 0 (shape-changing blocks left out)")
+        for model, m in d[d.n == n].groupby("model", sort=False):
+            r = m.iloc[0]
+            ours = (f"{model}: rho = {r.rho_error:.2f} [{r.rho_error_low:.2f}, "
+                    f"{r.rho_error_high:.2f}] over {int(r.n_correlated)} "
+                    f"{'blocks' if n == 1 else f'windows of {n} blocks'} (loss change: rho = "
+                    f"{r.rho_loss:.2f} [{r.rho_loss_low:.2f}, {r.rho_loss_high:.2f}]); "
+                    f"{int(r.n_images):,} images, {int(r.n_boot):,} resamples")
+            if int(r.n_correlated) < 3:  # e.g. every 4-block window of resnet20 downsamples
+                ours = (f"{model}: {int(r.n_correlated)} {'blocks' if n == 1 else 'windows'} "
+                        "keep the feature shape: too few to rank")
+                out.append(Finding(section, claim, ours, "not run", crit, fig_))
+                continue
+            verdict = "reproduces" if r.rho_error_low > 0 else "does not reproduce"
+            out.append(Finding(section, claim, ours, verdict, crit, fig_))
+    return out
+
+
+
+# --- The command -----------------------------------------------------------------------------
+#   python -m ablate redundancy --model resnet56 vit_cifar --limit 1000 --windows 2 4
+# Writes results.csv (one row per model, measure and block or window), meta.json and
+# redundancy.pdf/.png; --limit defaults to 1000 images.
+
+
+@dataclass
+class Options(Images):
+    windows: list[int] = flag([2, 4], "window lengths of the angular distance beyond single "
+                              "blocks", metavar="N")
+    n_boot: int = flag(1000, "bootstrap resamples of the images for each rank correlation")
+
+
+def measure(o: Options) -> Result:
+    if o.n_boot < 1 or any(n < 1 for n in o.windows):
+        raise UsageError("--n-boot and every --windows length must be at least 1")
+    if o.limit is None:
+        o.limit = 1000
+    loaded = command.load_models(o, EXPERIMENT.default_models)
+    ds = command.load_data(o, loaded, EXPERIMENT.demo_limit)
+    out, table = command.results_table(o, loaded, "redundancy", KEY)
+    df = pd.concat([run(m, ds, windows=o.windows, n_boot=o.n_boot, seed=o.seed, table=table,
+                        batch_size=command.batch_size(o, m), progress=distributed.is_main())
+                    for m in loaded], ignore_index=True)
+    meta = {
+        "windows": [1, *sorted(set(o.windows) - {1})], "n_boot": o.n_boot,
+        "damage": {"error_change": "test error change when the block or window is deleted",
+                   "loss_change": "mean per-image cross-entropy change, same deletion"},
+    }
+    return Result(out, df, meta, loaded, ds, table, summary=lambda: _summary(df))
+
+
+def _summary(df: pd.DataFrame) -> None:
+    first = df.drop_duplicates(["model", "measure", "n"])
+    command.print_table(
+        first, ["model", "measure", "n", "n_correlated", "rho_error", "rho_error_low",
+                "rho_error_high", "rho_loss", "rho_loss_low", "rho_loss_high"],
+        title="\nSpearman rho between each measure and the damage of deleting the block (or "
+              "window), 95% bootstrap interval over images:")
+
+
+def reproduce(p: Plan, s: Settings) -> Options:
+    """The first ResNet and the ViTs, 4-block windows, on the sweeps' images."""
+    return Options(model=[*p.resnets[:1], *p.vits], windows=[4], limit=s.sweep_limit)
+
+
+EXPERIMENT = Experiment(
+    name="redundancy", paper="Men et al. 2024 (Block Influence) and Gromov et al. 2024 "
+    "(angular distance) against measured deletion damage", run=run, key=KEY, options=Options,
+    measure=measure, verdicts=verdicts, reproduce=reproduce, order=80,
+    summary="do Block Influence and angular distance predict deletion damage? (ShortGPT, "
+            "Gromov et al. 2024)",
+    default_models=("resnet56",),
+)

@@ -10,22 +10,40 @@ networks of one architecture (resnet110, resnet110-sd) are reordered alike.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ablate._infra import distributed
 from ablate._infra.errors import UsageError
+from ablate._infra.seeds import model_key
 from ablate.data import Dataset
 from ablate.interventions.variants import Variant
+from ablate.measures import mean_interval
 from ablate.models.blocks import blocks
 from ablate.models.checkpoint import Loaded
+from analyses import command
 from analyses.context import condition
-from analyses.drop_blocks import model_key
+from analyses.options import Images, flag
+from analyses.plan import Plan, Settings
+from analyses.registry import Experiment, Result
 from analyses.sweep import outcome_columns, sweep
 from analyses.table import Table
+from analyses.verdicts import (
+    HIGH_TAU,
+    MAX_HIGH_TAU_DAMAGE,
+    MONOTONE_TOLERANCE,
+    Finding,
+    fig,
+    pct,
+    read,
+    rho,
+)
 
-__all__ = ["KEY", "check", "draw", "kendall_tau", "pairs", "run"]
+__all__ = ["EXPERIMENT", "KEY", "check", "draw", "kendall_tau", "pairs", "run"]
 
 KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "data_sha256", "seed", "k",
        "sample")
@@ -106,3 +124,108 @@ def run(
                                **outcome_columns(o)},
                  lambda part: f"swaps={part[0]['k']}-{part[-1]['k']}",
                  group=group, batch_size=batch_size, max_rows=max_rows, progress=progress)
+
+
+# --- Verdicts (the report's findings, read from results/<name>/) ---
+
+
+def tau_bins(d: pd.DataFrame) -> pd.Series:
+    """Mean error per Kendall's-tau bin of width 0.1, from the highest tau down (k > 0 only)."""
+    moved = d[d.k > 0]
+    edges = np.round(np.floor(moved.kendall_tau.to_numpy() * 10 - 1e-9) / 10, 1)
+    return moved.error.groupby(edges).mean().sort_index(ascending=False)
+
+
+def _reorder_verdict(d: pd.DataFrame) -> tuple[bool, str]:
+    intact = float(d[d.k == 0].error.mean()) if (d.k == 0).any() else float(d.error.min())
+    moved = d[d.k > 0]
+    high = moved[moved.kendall_tau >= HIGH_TAU]
+    which = f"tau >= {HIGH_TAU:g}"
+    if high.empty:
+        high, which = moved[moved.k == 1], "one swap (no order reaches tau 0.9)"
+    damage = float(high.error.mean() - intact) if len(high) else float("nan")
+    bins = tau_bins(d)
+    steps = np.diff(bins.to_numpy())
+    mono = bool(len(bins) >= 2 and (steps >= -MONOTONE_TOLERANCE).all())
+    r = rho(d.kendall_tau, d.error)
+    ok = damage <= MAX_HIGH_TAU_DAMAGE and mono and r <= -0.5
+    text = (f"intact {pct(intact)}; orders at {which}: mean increase {100 * damage:+.1f} points "
+            f"({len(high)} order{'' if len(high) == 1 else 's'}); mean error per tau bin, "
+            "high to low: "
+            + ", ".join(f"{b:.1f}+ {pct(v)}" for b, v in bins.items())
+            + f"; Spearman rho(tau, error) = {r:.2f}")
+    return ok, text
+
+
+def verdicts(root: Path) -> list[Finding]:
+    df, _ = read(root, "reorder_blocks")
+    if df is None:
+        return [Finding("Veit Fig. 5b", "reordering", "-", "not run", "-")]
+    out = []
+    for model, d in df.groupby("model", sort=False):
+        ok, text = _reorder_verdict(d)
+        out.append(Finding(
+            "Veit Fig. 5b",
+            "Error rises smoothly and stays bounded as the block order departs from the original "
+            "(Kendall's tau falls).",
+            f"{model}: {len(d)} orders, tau {d.kendall_tau.min():.2f} to "
+            f"{d.kendall_tau.max():.2f}; {text}",
+            "reproduces" if ok else "does not reproduce",
+            f"bounded: mean error increase at tau >= {HIGH_TAU:g} (else after one swap) at most "
+            f"{100 * MAX_HIGH_TAU_DAMAGE:g} points; monotone: no 0.1-wide tau bin more than "
+            f"{100 * MONOTONE_TOLERANCE:g} points below the higher-tau bin before it; and "
+            "rho(tau, error) <= -0.5", fig(root, "reorder_blocks")))
+    return out
+
+
+
+# --- The command -----------------------------------------------------------------------------
+#   python -m ablate reorder_blocks --model resnet110 resnet110-sd --max-swaps 20 --samples 20
+# Writes results.csv (one row per model, number of swaps and random order, with Kendall's tau
+# against the original order), meta.json and reorder_blocks.pdf/.png.
+
+
+@dataclass
+class Options(Images):
+    max_swaps: int | None = flag(None, "largest number of swaps (default: 20, or the number of "
+                                 "compatible pairs)")
+    samples: int = flag(20, "random orders per number of swaps")
+
+
+def measure(o: Options) -> Result:
+    loaded = command.load_models(o, EXPERIMENT.default_models)
+    for m in loaded:  # refuse plain nets and bad numbers before computing anything
+        check(m, o.max_swaps, o.samples)
+    ds = command.load_data(o, loaded, EXPERIMENT.demo_limit)
+    out, table = command.results_table(o, loaded, "reorder_blocks", KEY)
+    df = pd.concat([run(m, ds, max_swaps=o.max_swaps, samples=o.samples, seed=o.seed,
+                        table=table, batch_size=command.batch_size(o, m),
+                        progress=distributed.is_main()) for m in loaded], ignore_index=True)
+    meta = {"samples": o.samples, "max_swaps": o.max_swaps}
+    return Result(out, df, meta, loaded, ds, table, summary=lambda: _summary(df))
+
+
+def _summary(df: pd.DataFrame) -> None:
+    for model, d in df.groupby("model", sort=False):
+        rows = []
+        for k, g in d.groupby("k"):
+            m, lo, hi = mean_interval(g["error"].to_numpy(dtype=float))
+            rows.append({"swaps": k, "orders": len(g), "tau": g["kendall_tau"].mean(),
+                         "error_pct": m * 100, "low_pct": max(lo, 0.0) * 100,
+                         "high_pct": min(hi, 1.0) * 100})
+        command.print_table(
+            pd.DataFrame(rows), ["swaps", "orders", "tau", "error_pct", "low_pct", "high_pct"],
+            title=f"\n{model}: mean test error (%) over random orders, 95% t interval")
+
+
+def reproduce(p: Plan, s: Settings) -> Options:
+    """Fig. 5b on the ResNets and the ViTs."""
+    return Options(model=p.sweeps, samples=s.reorder_samples, max_swaps=s.max_swaps,
+                   limit=s.sweep_limit)
+
+
+EXPERIMENT = Experiment(
+    name="reorder_blocks", paper="Veit et al. 2016, Fig. 5b", run=run, key=KEY,
+    options=Options, measure=measure, verdicts=verdicts, reproduce=reproduce, order=30,
+    summary="swap random pairs of blocks (Veit et al. 2016, Fig. 5b)",
+)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analyses.attribution import spearman
-from figures import theme
+from figures import register, theme
 
 __all__ = ["main", "plot"]
 
@@ -31,6 +31,7 @@ def _headroom(ax, n_lines: int, log: bool) -> None:
     ax.set_ylim(lo, hi * (hi / lo) ** frac if log else hi + (hi - lo) * frac)
 
 
+@register("attribution")
 def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
     """Scatter of attribution against lesion damage, labelled with Spearman's rho."""
     from matplotlib.lines import Line2D

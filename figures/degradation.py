@@ -13,7 +13,7 @@ from os import PathLike
 
 import pandas as pd
 
-from figures import theme
+from figures import register, theme
 
 __all__ = ["HE_2015_RESNET", "main", "plot"]
 
@@ -22,6 +22,7 @@ HE_2015_RESNET = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}
 _MARKERS = {"plain": "s", "resnet": "o"}
 
 
+@register("degradation")
 def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
     """One panel: test error (%) against depth (weight layers), one line per family."""
     from matplotlib.lines import Line2D

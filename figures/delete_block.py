@@ -23,7 +23,7 @@ from os import PathLike
 import numpy as np
 import pandas as pd
 
-from figures import theme
+from figures import register, theme
 
 __all__ = ["PANEL_OF", "REQUIRED", "main", "panel_of", "plot", "read"]
 
@@ -205,6 +205,7 @@ def _legend(fig, entries: list, any_downsample: bool, ncols: int) -> None:
     )
 
 
+@register("delete_block")
 def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
     """Test error (%) after deleting each single block, against the block's index.
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analyses.drop_blocks import summary
-from figures import theme
+from figures import register, theme
 
 __all__ = ["REQUIRED", "main", "plot", "read"]
 
@@ -38,6 +38,7 @@ def _order(df: pd.DataFrame) -> list[str]:
     return [m for _, m in sorted((rank.get(f, 99), m) for m, f in zip(first.model, first.family))]
 
 
+@register("drop_blocks")
 def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
     """Test error (%) against the number of deleted blocks; returns the Figure."""
     from matplotlib.ticker import MaxNLocator, MultipleLocator

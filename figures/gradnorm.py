@@ -14,7 +14,7 @@ from os import PathLike
 import numpy as np
 import pandas as pd
 
-from figures import theme
+from figures import register, theme
 
 __all__ = ["main", "plot"]
 
@@ -26,6 +26,7 @@ def _color(model: str, family: str) -> str:
     return theme.family_color(family if family in theme.FAMILY_COLORS else model)
 
 
+@register("gradnorm")
 def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
     """Two panels (activation, parameters) of gradient norm (log) against depth in layers."""
     from matplotlib.lines import Line2D

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from analyses.paths import REFERENCE
-from figures import theme
+from figures import register, theme
 
 __all__ = ["main", "plot"]
 
@@ -124,6 +124,7 @@ def _panel_c(ax, df, styles) -> None:
     ax.set_title("(c)", loc="left")
 
 
+@register("paths")
 def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
     """Three panels against path length; one colour per model family. Returns the Figure."""
     from matplotlib.lines import Line2D

@@ -16,7 +16,7 @@ from os import PathLike
 
 import pandas as pd
 
-from figures import theme
+from figures import register, theme
 
 __all__ = ["main", "plot"]
 
@@ -33,6 +33,7 @@ def panels(df: pd.DataFrame) -> list[tuple[str, int]]:
     return out + ([("angular_distance", int(ang.n.max()))] if len(ang) else [])
 
 
+@register("redundancy")
 def plot(df: pd.DataFrame | str | PathLike | Sequence[str], *, note: str | None = None):
     """Scatter of each measure against deletion damage, labelled with Spearman's rho."""
     from matplotlib.lines import Line2D

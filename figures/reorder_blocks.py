@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ablate.measures import mean_interval
-from figures import theme
+from figures import register, theme
 
 __all__ = ["REQUIRED", "binned", "main", "plot", "read"]
 
@@ -59,6 +59,7 @@ def _order(df: pd.DataFrame) -> list[str]:
     return [m for _, m in sorted((rank.get(f, 99), m) for m, f in zip(first.model, first.family))]
 
 
+@register("reorder_blocks")
 def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None, bins: int = 8):
     """Test error (%) against Kendall's tau to the original order; returns the Figure."""
     from matplotlib.ticker import MultipleLocator

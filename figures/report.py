@@ -19,15 +19,10 @@ from ablate._infra.io import write_text
 from ablate.models import checkpoint
 from ablate.models.blocks import blocks
 from analyses import registry
-from figures import verdicts_lesion as lesion
-from figures import verdicts_paths as vpaths
-from figures.verdicts import Finding, pct, read, units
-from figures.verdicts_degradation import degradation
-from figures.verdicts_paths import HUANG_2016
-from figures.verdicts_redundancy import redundancy
+from analyses.training_curves import HUANG_2016
+from analyses.verdicts import Finding, pct, read, units
 
-__all__ = ["SECTIONS", "Finding", "devices", "findings", "networks_named", "wall_seconds",
-           "write_report"]
+__all__ = ["Finding", "devices", "findings", "networks_named", "wall_seconds", "write_report"]
 
 # Quoted from the papers (see shared REFERENCES.md); never measured here.
 HE_2015 = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97,
@@ -60,21 +55,14 @@ def _models() -> list[str]:
     return [head, *rows] if rows else ["No checkpoints are bundled."]
 
 
-# One section per experiment, in the registry's order (training_curves: stochastic depth).
-SECTIONS = {"delete_block": lesion.delete_block, "drop_blocks": lesion.drop_blocks,
-            "reorder_blocks": lesion.reorder_blocks, "paths": vpaths.paths,
-            "gradnorm": vpaths.gradnorm, "training_curves": vpaths.stochastic_depth,
-            "attribution": vpaths.attribution, "redundancy": redundancy,
-            "degradation": degradation}
-
-
 def findings(root: Path) -> list[Finding]:
     return [f for _, f in _by_analysis(root)]
 
 
 def _by_analysis(root: Path) -> list[tuple[str, Finding]]:
-    assert set(SECTIONS) == set(registry.names()), "one report section per experiment"
-    return [(a, f) for a, section in SECTIONS.items() for f in section(root)]
+    """Every experiment's findings, in the registry's order (its ``verdicts`` read its table)."""
+    return [(e.name, f) for e in registry.experiments() if e.verdicts is not None
+            for f in e.verdicts(root)]
 
 
 def wall_seconds(run: dict) -> dict[str, float]:
@@ -237,7 +225,7 @@ def write_report(root: str | Path) -> Path:
     run = json.loads((root / "run.json").read_text()) if (root / "run.json").exists() else {}
     # The header's data, hardware and code come from the first table that has its metadata (a
     # partial run may have only some).
-    metas = [m for a in ("delete_block", "drop_blocks", "paths", *registry.names())
+    metas = [m for a in registry.names()
              for m in [read(root, a)[1]] if m]
     m0 = metas[0] if metas else {}
     data = m0.get("data", {})

@@ -14,13 +14,14 @@ from os import PathLike
 import pandas as pd
 
 from analyses.training_curves import FIRST_CONV, lr_drops
-from figures import theme
+from figures import register, theme
 
 __all__ = ["main", "plot"]
 
 _STYLES = ("-", "--", "-.", ":")
 
 
+@register("training_curves")
 def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
     """Two panels against epoch from the tidy log table (model, family, epoch, metric, value)."""
     from matplotlib.lines import Line2D

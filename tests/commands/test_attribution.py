@@ -92,7 +92,7 @@ def test_attributions_are_complete_over_a_block_output():
 def test_run_leaves_no_hooks_and_shares_lesion_rows(tmp_path, image_folder, tiny_checkpoints):
     loaded = checkpoint.load(checkpoint=tiny_checkpoints["resnet20"])
     ds = data.load(str(image_folder), "test").subset(4)
-    lesion = Table(tmp_path / "delete_block.csv", at.delete_block.KEY)
+    lesion = Table(tmp_path / "delete_block.csv", at.deletion.KEY)
     for method in ("conductance", "integrated_gradients"):
         df = at.run(loaded, ds, method=method, n_steps=2, lesion_table=lesion, progress=False)
         assert len(df) == 9 and df.attr_abs.gt(0).all() and df.error_change.notna().all()

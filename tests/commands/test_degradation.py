@@ -7,7 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from ablate.degradation import ZOO, main
+from ablate.degradation import main
+from analyses.degradation import ZOO
 
 
 def test_end_to_end_and_resume(tmp_path, cifar_batches, tiny_checkpoints, monkeypatch):

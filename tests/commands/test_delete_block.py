@@ -119,17 +119,20 @@ def test_bundled_default_data(tmp_path, tiny_checkpoints, capsys):
 
 def test_no_argument_demo_is_resnet56_against_plain56_on_2000_images(monkeypatch, capsys):
     """The README's main job: its defaults, without running the sweep."""
-    from ablate import _cli
+    from analyses import command
 
-    seen, real_load_data = {}, _cli.load_data
+    seen, real_load_data = {}, command.load_data
 
-    def stop(args, loaded):
-        seen["models"] = args.model or args.default_models
-        seen["ds"] = real_load_data(args, loaded)
+    def models(args, defaults, **kw):
+        seen["models"] = args.model or list(defaults)
+        return []
+
+    def stop(args, loaded, demo_limit):
+        seen["ds"] = real_load_data(args, loaded, demo_limit)
         raise SystemExit(0)
 
-    monkeypatch.setattr(_cli, "load_models", lambda args, **kw: [])
-    monkeypatch.setattr(_cli, "load_data", stop)
+    monkeypatch.setattr(command, "load_models", models)
+    monkeypatch.setattr(command, "load_data", stop)
     with pytest.raises(SystemExit):
         main([])
     assert seen["models"] == ["resnet56", "plain56"] and len(seen["ds"]) == 2000

@@ -22,7 +22,8 @@ from ablate.measures import paths as ps
 from ablate.models import checkpoint
 from ablate.models.blocks import Block, chain
 from ablate.models.cifar_resnet import BasicBlock, CifarResNet
-from ablate.paths import main, parse_ks
+from ablate.paths import main
+from analyses.paths import parse_ks
 
 REPO = Path(__file__).resolve().parents[2]
 

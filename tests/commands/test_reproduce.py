@@ -11,7 +11,9 @@ import time
 import pandas as pd
 import pytest
 
+import analyses.paths
 from ablate import reproduce
+from analyses.plan import Settings
 from ablate._infra.errors import cli_main
 
 
@@ -133,17 +135,16 @@ def test_plan_puts_a_bundled_vit_beside_the_resnets_in_figs_3_5a_5b(tmp_path, mo
     assert p.sweeps == ["resnet56", "resnet110", "vit_cifar"]
     assert "vit_cifar" not in (*p.gradnorm, p.paths, *p.zoo)
     assert reproduce.plan(quick=True).vits == () and reproduce.plan(vit=[]).vits == ()
-    monkeypatch.setattr(reproduce, "_n_blocks", lambda name: 54)
-    steps = {a: args for a, _, args in reproduce._steps(p, reproduce.QUICK, [])}
+    monkeypatch.setattr(analyses.paths, "n_blocks", lambda name: 54)
+    steps = {e.name: o for e, o in reproduce.steps(p, Settings.quick())}
     for a in ("delete_block", "drop_blocks", "reorder_blocks"):
-        assert "vit_cifar" in steps[a], a
-    assert "vit_cifar" not in steps["attribution"] + steps["paths"]
-    assert "--branches" in steps["delete_block"]  # the ViT's attention and MLP branches too
-    red = steps["redundancy"]
-    assert red[:red.index("--windows")] == ["--model", "resnet56", "vit_cifar"]
-    steps = {a: args for a, _, args in reproduce._steps(reproduce.plan(vit=[]), reproduce.QUICK,
-                                                        [])}
-    assert "--branches" not in steps["delete_block"]  # no transformer: the flag would refuse
+        assert "vit_cifar" in steps[a].model, a
+    assert "vit_cifar" not in steps["attribution"].model + steps["paths"].model
+    assert steps["delete_block"].branches  # the ViT's attention and MLP branches too
+    assert steps["redundancy"].model == ["resnet56", "vit_cifar"]
+    assert steps["redundancy"].windows == [4]
+    steps = {e.name: o for e, o in reproduce.steps(reproduce.plan(vit=[]), Settings.quick())}
+    assert not steps["delete_block"].branches  # no transformer: the flag would refuse
 
 
 def test_plan_refuses_names_not_bundled(tmp_path, monkeypatch, capsys):
@@ -161,31 +162,27 @@ def test_a_stopped_run_keeps_the_wall_time_of_every_step_it_ran(tmp_path, zoo, m
     ran = []
     handler = signal.getsignal(signal.SIGTERM)
 
-    def fake(module):
-        def command(argv):
-            if module == "delete_block":  # the stop, in the middle of the third step
-                if stop == "sigterm":
-                    os.kill(os.getpid(), signal.SIGTERM)
-                    time.sleep(5)  # the signal arrives before this ends
-                cli_main(_raise_interrupt)()  # as the real commands: ^C becomes exit 130
-            ran.append(module)
-            return 0
-        return command
+    def fake(e, o):
+        if e.name == "reorder_blocks":  # the stop, in the middle of the third step
+            if stop == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the signal arrives before this ends
+            cli_main(_raise_interrupt)()  # as the real commands: ^C becomes exit 130
+        ran.append(e.name)
+        return 0
 
-    monkeypatch.setattr(reproduce, "commands", lambda: {m: fake(m) for m in (
-        "degradation", "gradnorm", "delete_block", "paths", "drop_blocks", "reorder_blocks",
-        "attribution", "training_curves")})
+    monkeypatch.setattr(reproduce, "execute", fake)
     out = tmp_path / "repro"
     with pytest.raises(SystemExit) as stop:
         reproduce.main(["--quick", "--out", str(out), "--device", "cpu"])
     assert stop.value.code == 130
-    assert ran == ["degradation", "gradnorm"]
+    assert ran == ["delete_block", "drop_blocks"]
     run = json.loads((out / "run.json").read_text())
     # the stopped step's time counts (its rows so far are kept), but it is not finished
-    assert set(run["wall_seconds_total"]) == {"degradation", "gradnorm", "delete_block"}
+    assert set(run["wall_seconds_total"]) == {"delete_block", "drop_blocks", "reorder_blocks"}
     assert "wall_seconds_untimed" not in run  # only ever recovered from a log, never invented
-    assert run["finished"] == ["degradation", "gradnorm"] and not run["complete"]
-    assert run["steps"][:3] == ["degradation", "gradnorm", "delete_block"]
+    assert run["finished"] == ["delete_block", "drop_blocks"] and not run["complete"]
+    assert run["steps"][:3] == ["delete_block", "drop_blocks", "reorder_blocks"]
     assert signal.getsignal(signal.SIGTERM) is handler  # put back for the caller
 
 

@@ -14,7 +14,7 @@ from ablate.interventions.variants import Variant, evaluate_naive
 from ablate.models import checkpoint, create
 from analyses import delete_block, redundancy
 from analyses.table import Table
-from figures.verdicts_redundancy import redundancy as verdicts
+from analyses.redundancy import verdicts
 from tests.helpers import randomise_bn
 
 

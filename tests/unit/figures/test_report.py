@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from figures import report
-from figures.verdicts import Finding
+from analyses.verdicts import Finding
 
 
 def test_differences_name_each_network_with_its_card_beside_the_paper(

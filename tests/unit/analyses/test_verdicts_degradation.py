@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ablate.measures.stats import pack_correct
-from figures.verdicts_degradation import degradation
+from analyses.degradation import verdicts as degradation
 
 N = 10_000
 

@@ -12,8 +12,7 @@ import pytest
 
 from ablate.measures import paths as ps
 from ablate.measures.stats import pack_correct
-from figures import verdicts_lesion as lesion
-from figures import verdicts_paths as vp
+from analyses import delete_block, drop_blocks, gradnorm, paths, reorder_blocks, training_curves
 
 N = 10_000
 
@@ -57,16 +56,16 @@ def _deletions(model, family, broken_rest, broken_down, intact_wrong=700, rng=No
 
 def test_fig3_residual(tmp_path):
     ok = _write(tmp_path / "a", "delete_block", _deletions("resnet20", "resnet", 5, 600))
-    f = _one(lesion.delete_block(ok), "Veit Fig. 3")
+    f = _one(delete_block.verdicts(ok), "Veit Fig. 3")
     assert f.verdict == "reproduces" and "Holm" in f.ours and "2 (3*, 6*" in f.ours
     bad = _write(tmp_path / "b", "delete_block", _deletions("resnet20", "resnet", 400, 600))
-    assert _one(lesion.delete_block(bad), "Veit Fig. 3").verdict == "does not reproduce"
+    assert _one(delete_block.verdicts(bad), "Veit Fig. 3").verdict == "does not reproduce"
 
 
 def test_fig3_on_a_net_without_downsampling_blocks(tmp_path):
     """A ViT: every block keeps the shape; the text says so rather than averaging nothing."""
     df = _deletions("vit_cifar", "torchvision_vit", 5, 5).assign(downsample=False)
-    f = _one(lesion.delete_block(_write(tmp_path, "delete_block", df)), "Veit Fig. 3")
+    f = _one(delete_block.verdicts(_write(tmp_path, "delete_block", df)), "Veit Fig. 3")
     assert f.verdict == "reproduces" and "no downsampling blocks" in f.ours
     assert "nan" not in f.ours and "9 of 9 shown equivalent" in f.ours
 
@@ -74,17 +73,17 @@ def test_fig3_on_a_net_without_downsampling_blocks(tmp_path):
 def test_fig3_no_change_needs_equivalence_not_a_large_p(tmp_path):
     """Few images: every p is large, but nothing is shown equivalent, so no "no change"."""
     df = _deletions("resnet20", "resnet", 5, 600).assign(n_images=60, n_broken=1)
-    f = _one(lesion.delete_block(_write(tmp_path, "delete_block", df)), "Veit Fig. 3")
+    f = _one(delete_block.verdicts(_write(tmp_path, "delete_block", df)), "Veit Fig. 3")
     assert f.verdict == "does not reproduce" and "0 of 7 shown equivalent" in f.ours
 
 
 def test_fig3_plain(tmp_path):
     df = pd.DataFrame({"model": "plain20", "family": "plain", "num_classes": 10,
                        "intact_error": 0.1, "error": [0.9, 0.88, 0.85]})
-    assert lesion.delete_block(_write(tmp_path / "a", "delete_block", df))[0].verdict == \
+    assert delete_block.verdicts(_write(tmp_path / "a", "delete_block", df))[0].verdict == \
         "reproduces"
     bad = df.assign(error=[0.2, 0.3, 0.4])
-    assert lesion.delete_block(_write(tmp_path / "b", "delete_block", bad))[0].verdict == \
+    assert delete_block.verdicts(_write(tmp_path / "b", "delete_block", bad))[0].verdict == \
         "does not reproduce"
 
 
@@ -104,7 +103,7 @@ def test_fig8_pairs_the_two_named_networks_on_the_same_images(tmp_path, sd_broke
     df = pd.concat([_deletions("resnet20", "resnet", 300, 600, rng=rng),
                     _deletions("resnet20-sd", "stochastic_depth", sd_broken, sd_down, rng=rng),
                     _deletions("resnet56", "resnet", 10, 10, rng=rng)])  # not a twin: ignored
-    f = _one(lesion.delete_block(_write(_plan(tmp_path), "delete_block", df)), "Veit Fig. 8")
+    f = _one(delete_block.verdicts(_write(_plan(tmp_path), "delete_block", df)), "Veit Fig. 8")
     assert f.verdict == verdict and "paired interval" in f.ours and "one training seed" in \
         f.criterion
 
@@ -119,21 +118,21 @@ def _drops(model, family, errors):
 
 def test_fig5a(tmp_path):
     smooth = _drops("resnet110", "resnet", np.linspace(0.07, 0.5, 21))
-    f = lesion.drop_blocks(_write(tmp_path / "a", "drop_blocks", smooth))[0]
+    f = drop_blocks.verdicts(_write(tmp_path / "a", "drop_blocks", smooth))[0]
     assert f.verdict == "reproduces" and "two layers" in f.ours
     cliff = _drops("resnet110", "resnet", [0.07] * 10 + [0.9] * 11)
-    assert lesion.drop_blocks(_write(tmp_path / "b", "drop_blocks", cliff))[0].verdict == \
+    assert drop_blocks.verdicts(_write(tmp_path / "b", "drop_blocks", cliff))[0].verdict == \
         "does not reproduce"
     vit = _drops("vit_cifar", "vit", np.linspace(0.1, 0.9, 8))
-    f = lesion.drop_blocks(_write(tmp_path / "c", "drop_blocks", vit))[0]
+    f = drop_blocks.verdicts(_write(tmp_path / "c", "drop_blocks", vit))[0]
     assert "k = 7 transformer blocks (an attention and an MLP branch each)" in f.ours
 
 
 def test_fig5a_plain(tmp_path):
-    f = lesion.drop_blocks(_write(tmp_path / "a", "drop_blocks",
+    f = drop_blocks.verdicts(_write(tmp_path / "a", "drop_blocks",
                                   _drops("plain20", "plain", [0.1, 0.9, 0.9])))[0]
     assert f.verdict == "reproduces" and "layer (one)" in f.ours
-    f = lesion.drop_blocks(_write(tmp_path / "b", "drop_blocks",
+    f = drop_blocks.verdicts(_write(tmp_path / "b", "drop_blocks",
                                   _drops("plain20", "plain", [0.1, 0.2, 0.3])))[0]
     assert f.verdict == "does not reproduce"
 
@@ -153,7 +152,7 @@ def _orders(err_of_tau, intact=0.10):
 
 def test_fig5b_smooth_bounded_growth_reproduces(tmp_path):
     df = _orders(lambda t: 0.10 + 0.5 * (1 - t) ** 1.5)
-    assert lesion.reorder_blocks(_write(tmp_path, "reorder_blocks", df))[0].verdict == \
+    assert reorder_blocks.verdicts(_write(tmp_path, "reorder_blocks", df))[0].verdict == \
         "reproduces"
 
 
@@ -163,7 +162,7 @@ def test_fig5b_smooth_bounded_growth_reproduces(tmp_path):
 ])
 def test_fig5b_fails_unbounded_or_non_monotone(tmp_path, err):
     df = _orders(err)
-    assert lesion.reorder_blocks(_write(tmp_path, "reorder_blocks", df))[0].verdict == \
+    assert reorder_blocks.verdicts(_write(tmp_path, "reorder_blocks", df))[0].verdict == \
         "does not reproduce"
 
 
@@ -184,13 +183,13 @@ def _paths(slope: float, n: int = 54) -> pd.DataFrame:
 
 def test_fig6(tmp_path):
     root = _write(tmp_path / "a", "paths", _paths(-0.3), {"mass": 0.8})
-    a, bc = vp.paths(root)
+    a, bc = paths.verdicts(root)
     assert a.verdict == "computed" and "more than 95%" in a.claim
     assert bc.verdict == "reproduces"
     assert "80% of the total gradient" in bc.criterion  # --mass reaches the report
     assert all(f"{m}% of the total gradient" in bc.ours for m in (80, 90, 95))
     root = _write(tmp_path / "b", "paths", _paths(+0.05), {"mass": 0.9})
-    assert vp.paths(root)[1].verdict == "does not reproduce"
+    assert paths.verdicts(root)[1].verdict == "does not reproduce"
 
 
 # ---- gradient flow -----------------------------------------------------------------------------
@@ -210,14 +209,14 @@ def test_gradnorm_healthy_plain_gradients_in_every_state(tmp_path):
     """He et al. Sec. 4.1: with BN the plain net's gradient does not vanish towards the input."""
     healthy = {(m, s): r for s in ("init", "trained")
                for m, r in (("resnet20", 2.0), ("resnet56", 3.0), ("plain20", 0.5))}
-    f = vp.gradnorm(_write(tmp_path / "a", "gradnorm", _grads(healthy)))[0]
+    f = gradnorm.verdicts(_write(tmp_path / "a", "gradnorm", _grads(healthy)))[0]
     assert f.section == "He et al. 2015 Sec. 4.1" and f.verdict == "reproduces"
     assert f.ours.count("resnet20") == 2  # the ResNets are shown beside, not judged
     init_vanishes = healthy | {("plain20", "init"): 0.05}
-    assert vp.gradnorm(_write(tmp_path / "b", "gradnorm", _grads(init_vanishes)))[0].verdict \
+    assert gradnorm.verdicts(_write(tmp_path / "b", "gradnorm", _grads(init_vanishes)))[0].verdict \
         == "partly"
     both = init_vanishes | {("plain20", "trained"): 0.01}
-    assert vp.gradnorm(_write(tmp_path / "c", "gradnorm", _grads(both)))[0].verdict == \
+    assert gradnorm.verdicts(_write(tmp_path / "c", "gradnorm", _grads(both)))[0].verdict == \
         "does not reproduce"
 
 
@@ -228,7 +227,7 @@ def test_gradnorm_judges_the_bn_mode_the_run_asked_for(tmp_path):
     new = _grads({("plain20", "init"): 0.5, ("plain20", "trained"): 0.5}, auto)
     old = _grads({("plain20", "init"): 0.01})  # init measured with eval-mode BN
     root = _write(tmp_path, "gradnorm", pd.concat([old, new]), {"bn_by_state": auto})
-    f = vp.gradnorm(root)[0]
+    f = gradnorm.verdicts(root)[0]
     assert f.verdict == "reproduces" and "plain20 (init, BN batch statistics)" in f.ours
 
 
@@ -241,7 +240,7 @@ def _cards(monkeypatch, **kw):
                              "train_step_seconds": 740.0}}
     for m, c in kw.items():
         cards[m.replace("_", "-")] |= c
-    monkeypatch.setattr(vp.checkpoint, "load", lambda m: SimpleNamespace(card=cards[m]))
+    monkeypatch.setattr(training_curves.checkpoint, "load", lambda m: SimpleNamespace(card=cards[m]))
     return cards
 
 
@@ -253,26 +252,26 @@ def test_huang_table1_paired_on_the_same_images(tmp_path, monkeypatch, sd_wrong,
                     _deletions("resnet20-sd", "stochastic_depth", 5, 5, intact_wrong=sd_wrong,
                                rng=rng)])
     root = _write(_plan(tmp_path), "delete_block", df)
-    f = _one(vp.stochastic_depth(root), "Huang et al. Table 1")
+    f = _one(training_curves.verdicts(root), "Huang et al. Table 1")
     assert f.verdict == verdict and "McNemar" in f.ours and "test-set noise only" in f.criterion
 
 
 def test_huang_time_saving_from_training_steps_alone(monkeypatch):
     cards = _cards(monkeypatch)
-    assert vp.time_saving(cards, "resnet20", "resnet20-sd").verdict == "reproduces"
+    assert training_curves.time_saving(cards, "resnet20", "resnet20-sd").verdict == "reproduces"
     slow = cards | {"resnet20-sd": cards["resnet20-sd"] | {"train_step_seconds": 900.0}}
-    assert vp.time_saving(slow, "resnet20", "resnet20-sd").verdict == "does not reproduce"
+    assert training_curves.time_saving(slow, "resnet20", "resnet20-sd").verdict == "does not reproduce"
     old = cards | {"resnet20-sd": cards["resnet20-sd"] | {"train_step_seconds": None}}
-    assert vp.time_saving(old, "resnet20", "resnet20-sd").verdict == "not run"
+    assert training_curves.time_saving(old, "resnet20", "resnet20-sd").verdict == "not run"
     other = cards | {"resnet20-sd": cards["resnet20-sd"] | {"device": "A100"}}
-    assert vp.time_saving(other, "resnet20", "resnet20-sd").verdict == "not run"
+    assert training_curves.time_saving(other, "resnet20", "resnet20-sd").verdict == "not run"
 
 
 def test_huang_time_saving_refuses_cards_of_runs_that_changed_machine(monkeypatch):
     moved = [{"epochs": "1-19", "amp": "bf16", "device": "H100"},
              {"epochs": "20-30", "amp": "off", "device": "H100"}]
     cards = _cards(monkeypatch, resnet20={"precision_by_epochs": moved})
-    f = vp.time_saving(cards, "resnet20", "resnet20-sd")
+    f = training_curves.time_saving(cards, "resnet20", "resnet20-sd")
     assert f.verdict == "not run" and "several devices or precisions" in f.ours
 
 
@@ -288,9 +287,9 @@ def test_huang_time_saving_prefers_the_benchmark_that_times_both_alike(
         "steps": 40, "batch_size": 128, "device": "AMD EPYC",
         "precision_choice": "AMD EPYC has native bf16: bf16 autocast, channels-last"}))
     (tmp_path / "other.json").write_text(json.dumps({"model": "resnet56", "engine_s": 1.0}))
-    bench = vp.step_benchmarks("resnet20", tmp_path)
+    bench = training_curves.step_benchmarks("resnet20", tmp_path)
     assert [b["file"] for b in bench] == ["speed.json"]
-    f = vp.time_saving(cards, "resnet20", "resnet20-sd", bench)
+    f = training_curves.time_saving(cards, "resnet20", "resnet20-sd", bench)
     assert f.verdict == verdict and "speed.json" in f.ours and "alike" in f.criterion
     assert f"{1 - 145.0 / sd_speed:.0%} less" in f.ours
     assert f.measured == "benchmarks/speed.json: AMD EPYC, random data"
@@ -305,7 +304,7 @@ def test_huang_fig7_larger_in_every_epoch(tmp_path, monkeypatch, sd_grad, verdic
                         "value": g[e]} for m, g in (("resnet20", (0.01,) * 3),
                                                     ("resnet20-sd", sd_grad))
                        for e in range(3)])
-    f = _one(vp.stochastic_depth(_write(_plan(tmp_path), "training_curves", df)),
+    f = _one(training_curves.verdicts(_write(_plan(tmp_path), "training_curves", df)),
              "Huang et al. Fig. 7")
     assert f.verdict == verdict
     assert f"in {sum(x > 0.01 for x in sd_grad)} of 3 epochs" in f.ours
