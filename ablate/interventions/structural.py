@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from torch import nn
 
 from .._infra.errors import UsageError
-from ..models.blocks import get_module
-from ..models.transformers import Family, _resolve, attention_of, cache_of, family, layer_paths
+from ..models.transformers import Layout, attention_of, cache_of, layer_paths, layout
+from ..models.units import _resolve, get_module
 from .edits import swapped
 
 __all__ = ["run", "repeat", "delete_window", "plan_repeat", "plan_without"]
@@ -43,7 +43,7 @@ class _Plan(nn.Module):
 
     def __init__(
         self, inner: nn.Module, runs: Sequence[nn.Module], slots: Sequence[int | None],
-        fam: Family,
+        fam: Layout,
     ) -> None:
         super().__init__()
         self.inner = inner
@@ -126,7 +126,7 @@ def run(model: nn.Module, plan: Sequence[int]) -> Iterator[nn.Module]:
     the rest of the plan. Inside, ``blocks(model)`` still lists the layers at their positions
     of entry, so ``delete(model, [3])`` deletes layer 3 wherever the plan runs it.
     """
-    fam = family(model)
+    fam = layout(model)
     paths = layer_paths(model, fam)
     n = len(paths)
     plan = _check_plan(plan, n)

@@ -27,10 +27,10 @@ import torchvision
 from torch import Tensor, nn
 
 from .._infra.errors import UsageError
-from .blocks import Block, Glue, get_module
+from .units import Block, Glue, _resolve, get_module
 
 __all__ = [
-    "Family", "TransformerBlock", "ViTBlock", "family", "is_transformer", "transformer_blocks",
+    "Layout", "TransformerBlock", "ViTBlock", "layout", "is_transformer", "transformer_blocks",
     "layer_paths", "attention_of", "vit_chain", "GRANULARITIES",
 ]
 
@@ -38,8 +38,11 @@ GRANULARITIES = ("block", "branch")
 
 
 @dataclass(frozen=True)
-class Family:
-    """Where a transformer keeps its layers and what its layers call their two branches."""
+class Layout:
+    """Where a transformer keeps its layers and what its layers call their two branches.
+
+    (Not a model family: that is :func:`ablate.models.family`, e.g. "vit".)
+    """
 
     name: str
     layers: str  # qualified name of the layer container ('' for the model itself)
@@ -67,10 +70,10 @@ def is_transformer(model: nn.Module) -> bool:
 _HF_LAYERS = ("transformer.h", "h", "gpt_neox.layers", "model.layers", "layers")
 
 
-def family(model: nn.Module) -> Family:
-    """The :class:`Family` of ``model``; a UsageError for anything else."""
+def layout(model: nn.Module) -> Layout:
+    """The :class:`Layout` of ``model``; a UsageError for anything else."""
     if isinstance(model, torchvision.models.VisionTransformer):
-        return Family("torchvision_vit", "encoder.layers", "self_attention", "mlp", False, True)
+        return Layout("torchvision_vit", "encoder.layers", "self_attention", "mlp", False, True)
     if _is_timm(model) and hasattr(model, "blocks"):
         first = _resolve(next(iter(model.blocks.children())))
         if type(first).__name__ != "Block" or not hasattr(first, "ls1"):
@@ -78,7 +81,7 @@ def family(model: nn.Module) -> Family:
                 f"timm blocks of type {type(first).__name__} are not supported: only the pre-norm "
                 "timm.models.vision_transformer.Block (x + ls(attn(norm(x))))"
             )
-        return Family("timm_vit", "blocks", "attn", "mlp", False, False)
+        return Layout("timm_vit", "blocks", "attn", "mlp", False, False)
     if _is_hf(model):
         for path in _HF_LAYERS:
             try:
@@ -90,7 +93,7 @@ def family(model: nn.Module) -> Family:
             first = _resolve(layers[0])
             attn = next((a for a in ("self_attn", "attn", "attention") if hasattr(first, a)), None)
             if attn is not None and hasattr(first, "mlp"):
-                return Family(f"hf_{type(first).__name__}", path, attn, "mlp", True, True)
+                return Layout(f"hf_{type(first).__name__}", path, attn, "mlp", True, True)
         raise UsageError(
             f"{type(model).__name__}: no decoder layer list found (looked for "
             f"{', '.join(_HF_LAYERS)} with self_attn/attn/attention and mlp in each layer)"
@@ -98,15 +101,9 @@ def family(model: nn.Module) -> Family:
     raise UsageError(f"{type(model).__name__} is not a supported transformer")
 
 
-def _resolve(m: nn.Module) -> nn.Module:
-    while hasattr(m, "inner") and getattr(m, "is_intervention", False):
-        m = m.inner
-    return m
-
-
-def layer_paths(model: nn.Module, fam: Family | None = None) -> list[str]:
+def layer_paths(model: nn.Module, fam: Layout | None = None) -> list[str]:
     """Qualified names of the layer positions, in forward order."""
-    fam = fam or family(model)
+    fam = fam or layout(model)
     container = get_module(model, fam.layers)
     prefix = f"{fam.layers}." if fam.layers else ""
     return [prefix + k for k, _ in container.named_children()]
@@ -120,7 +117,7 @@ def _real_path(model: nn.Module, path: str) -> str:
     return path
 
 
-def attention_of(layer: nn.Module, fam: Family) -> nn.Module:
+def attention_of(layer: nn.Module, fam: Layout) -> nn.Module:
     """The attention module of ``layer`` (below any gate), the one that holds ``layer_idx``."""
     return _resolve(getattr(_resolve(layer), fam.attn))
 
@@ -190,18 +187,18 @@ class _BranchGate(nn.Module):
 class TransformerBlock(Block):
     """A transformer layer (``branch=None``) or one of its branches (``"attn"``, ``"mlp"``).
 
-    ``layer`` is the layer position's name; ``family`` says how the layer is built. Gate it with
+    ``layer`` is the layer position's name; ``layout`` says how the layer is built. Gate it with
     the interventions (``delete``, ``scale``, ``drop``; ``reorder`` at block granularity).
     """
 
     layer: str = ""
     branch: str | None = None
-    family: Family | None = field(default=None, repr=False)
+    layout: Layout | None = field(default=None, repr=False)
     _model: nn.Module | None = field(default=None, repr=False)
 
     def gate_replacements(self, gain) -> dict[str, nn.Module]:
         """The module swaps that multiply this block's branch(es) by ``gain``."""
-        fam, model = self.family, self._model
+        fam, model = self.layout, self._model
         real = _real_path(model, self.layer)
         layer = get_module(model, real)
         branches = ("attn", "mlp") if self.branch is None else (self.branch,)
@@ -273,7 +270,7 @@ def vit_chain(model: nn.Module) -> list[Block | Glue]:
     Stem: patch embedding, class token, position embedding, dropout; head: final LayerNorm, the
     class token's features, the classification head. Composed, bitwise ``model(x)``.
     """
-    if family(model).name != "torchvision_vit":
+    if layout(model).name != "torchvision_vit":
         raise UsageError(f"{type(model).__name__}: the batched lesion engine runs torchvision "
                          "ViTs, CIFAR/torchvision ResNets and VGGs; use the interventions "
                          "(delete, scale, reorder, ...) on this transformer")
@@ -297,14 +294,14 @@ def transformer_blocks(model: nn.Module, granularity: str = "block") -> list[Tra
     """
     if granularity not in GRANULARITIES:
         raise UsageError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
-    fam = family(model)
+    fam = layout(model)
     out: list[TransformerBlock] = []
     whole = ViTBlock if fam.name == "torchvision_vit" else TransformerBlock
     for path in layer_paths(model, fam):
         module = get_module(model, path)
         if granularity == "block":
             out.append(whole(
-                len(out), path, 1, False, "residual", module, layer=path, family=fam,
+                len(out), path, 1, False, "residual", module, layer=path, layout=fam,
                 _model=model,
             ))
             continue
@@ -312,7 +309,7 @@ def transformer_blocks(model: nn.Module, granularity: str = "block") -> list[Tra
         for br, attr in (("attn", fam.attn), ("mlp", fam.mlp)):
             out.append(TransformerBlock(
                 len(out), f"{path}.{attr}", 1, False, "residual", getattr(layer, attr),
-                layer=path, branch=br, family=fam, _model=model,
+                layer=path, branch=br, layout=fam, _model=model,
             ))
     return out
 

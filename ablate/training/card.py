@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 import torch
 
+from ablate import models
 from ablate.data import Dataset
 from ablate.training.config import Recipe, TrainConfig, paper_recipe
 from ablate.training.precision import cpu_name
@@ -26,6 +27,8 @@ def card(
 ) -> dict:
     import torchvision
 
+    # a CIFAR ResNet is one side of Huang et al.'s comparison either way
+    huang = sd is not None or models.arch_family(config.model) == "resnet"
     card = {
         "arch": config.model,
         "arch_kwargs": run["arch_kwargs"],
@@ -35,8 +38,7 @@ def card(
         "recipe": asdict(recipe),
         "deviations": _precision_note(
             deviations(config, recipe, paper, train_ds.name, amp, world, len(train_ds),
-                       # a CIFAR ResNet is one side of Huang et al.'s comparison either way
-                       stochastic=sd is not None or config.model.startswith("resnet")), log)
+                       stochastic=huang), log)
         + _device_note(log),
         "epochs": recipe.epochs,
         "seed": config.seed,

@@ -61,7 +61,7 @@ def paper_recipe(model: str, schedule: str = "he") -> Recipe:
         return Recipe(schedule="huang", epochs=500, nesterov=True)
     if schedule not in SCHEDULES:
         raise UsageError(f"unknown --schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
-    if model.startswith("vit"):
+    if models.is_transformer_arch(model):
         return vit_recipe()
     return Recipe(schedule=schedule, warmup_iters=WARMUP_ITERS if _needs_warmup(model) else 0)
 
@@ -84,7 +84,7 @@ def vit_recipe() -> Recipe:
 def _needs_warmup(model: str) -> bool:
     """He et al.: ResNet-110 and deeper warm up at 0.01; so do the plain nets here."""
     depth = int(re.sub(r"\D", "", model) or 0)
-    return model.startswith("plain") or depth >= 110
+    return models.arch_family(model) == "plain" or depth >= 110
 
 
 def make_recipe(

@@ -114,7 +114,7 @@ def _setup(config: TrainConfig, device: torch.device, train_data: Dataset | None
         raise UsageError("row-mode stochastic depth is not supported with several processes: "
                          "use --sd-mode batch")
     precision = choose_precision(device, config.amp, config.channels_last,
-                                 convolutional=not config.model.startswith("vit"))
+                                 convolutional=not models.is_transformer_arch(config.model))
     amp, channels_last = precision.amp, precision.channels_last
     name = config.run_name()
     out = Path(config.out or Path("runs") / name)
