@@ -103,6 +103,25 @@ class Plan:
     notes: tuple[str, ...] = ()  # what fell back, said in run.json and the report
     vits: tuple[str, ...] = ()  # Figs. 3, 5a, 5b on vision transformers (vit_cifar, bundled)
 
+    @classmethod
+    def read(cls, d: dict) -> Plan | None:
+        """The plan of a run.json (None: a run without one, or from before plans had roles)."""
+        if not d.get("resnets"):
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
+                      if k in known})
+
+    def describe(self) -> str:
+        """One line: which network plays which part."""
+        sd = self.stochastic
+        return "; ".join([
+            f"Figs. 3, 5a, 5b and attribution: {', '.join(self.resnets)}",
+            f"plain comparator: {self.plain}", f"Fig. 6: {self.paths}",
+            f"gradients per depth: {', '.join(self.gradnorm)}",
+            f"stochastic depth: {' vs '.join(sd) if sd else 'none bundled'}",
+            f"degradation: {', '.join(self.zoo) or 'none'}"])
+
     @property
     def deletion(self) -> list[str]:
         """Fig. 3 (and Fig. 8, Huang's Table 1): the ResNets, the SD pair, the plain net, the

@@ -19,6 +19,7 @@ from ablate._infra.io import write_text
 from ablate.models import checkpoint
 from ablate.models.blocks import blocks
 from analyses import registry
+from analyses.plan import Plan
 from analyses.training_curves import HUANG_2016
 from analyses.verdicts import Finding, pct, read, units
 
@@ -207,16 +208,9 @@ def _last_epochs(weights: str | None, card: dict) -> str:
 
 
 def _plan(run: dict) -> list[str]:
-    p = run.get("plan") or {}
-    if "resnets" not in p:
-        return []
-    sd = p.get("stochastic")
-    parts = [f"Figs. 3, 5a, 5b and attribution: {', '.join(p['resnets'])}",
-             f"plain comparator: {p.get('plain')}", f"Fig. 6: {p.get('paths')}",
-             f"gradients per depth: {', '.join(p.get('gradnorm', []))}",
-             f"stochastic depth: {' vs '.join(sd) if sd else 'none bundled'}",
-             f"degradation: {', '.join(p.get('zoo', [])) or 'none'}"]
-    return ["- Plan: " + "; ".join(parts), *(f"- Plan note: {n}" for n in p.get("notes", []))]
+    p = Plan.read(run.get("plan") or {})
+    return [] if p is None else [f"- Plan: {p.describe()}",
+                                 *(f"- Plan note: {n}" for n in p.notes)]
 
 
 def write_report(root: str | Path) -> Path:
