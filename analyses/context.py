@@ -6,19 +6,14 @@ from ablate import models
 from ablate.data import Dataset
 from ablate.models.checkpoint import Loaded
 
-__all__ = ["family", "condition", "data_meta"]
-
-
-def family(loaded: Loaded) -> str:
-    """The model family of ``loaded``: :func:`ablate.models.family` of its arch and card."""
-    return models.family(loaded.arch, loaded.card, default="resnet")
+__all__ = ["condition", "data_meta"]
 
 
 def condition(loaded: Loaded, ds: Dataset) -> dict:
     """Identifying columns shared by every row measured on ``loaded`` over ``ds``."""
     return {
         "model": loaded.name,
-        "family": family(loaded),
+        "family": models.family(loaded, default="resnet"),
         "checkpoint_sha256": loaded.sha256 or "none",
         "weights_source": loaded.source,
         "dataset": ds.name,

@@ -7,10 +7,12 @@ Each experiment turns these into its own options (``Experiment.reproduce``).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
+from ablate import models
 from ablate._infra.errors import UsageError
 from ablate.models import checkpoint
 
@@ -141,14 +143,32 @@ def _depth(name: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def _family(names: list[str], prefix: str) -> list[str]:
-    return sorted((n for n in names if re.fullmatch(rf"{prefix}\d+", n)), key=_depth)
+def _card(name: str) -> dict:
+    """The card of bundled checkpoint ``name`` ({} when it has none or it is unreadable)."""
+    try:
+        card = json.loads((checkpoint.bundled_dir() / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
+def _arch(name: str) -> str:
+    """The architecture of a bundled network: its card's ``arch``, else the registry name its
+    own name starts with (a checkpoint without a card)."""
+    m = re.match(r"[a-z_]+\d+", name)
+    return _card(name).get("arch") or (m.group() if m else name)
+
+
+def _of(names: list[str], family: str) -> list[str]:
+    """The bundled networks of one family (``models.family`` of each card), shallowest first."""
+    return sorted((n for n in names if models.family(n, _card(n), default="") == family),
+                  key=_depth)
 
 
 def _resnets(names: list[str], quick: bool) -> tuple[str, ...]:
     """Quick: the shallowest ResNet (resnet20). Full: resnet56 and resnet110 where bundled, the
     deep ones of Veit et al.'s comparison; else the deepest there is."""
-    found = _family(names, "resnet")
+    found = _of(names, "resnet")
     if not found:
         raise UsageError(
             "no trained ResNet checkpoint is bundled: pass --resnet NAME with a bundled name, or "
@@ -161,12 +181,17 @@ def _resnets(names: list[str], quick: bool) -> tuple[str, ...]:
 
 def _twins(names: list[str], resnets: tuple[str, ...], stochastic: str | None
            ) -> tuple[str, str] | None:
+    """(constant depth, stochastic depth): a bundled stochastic-depth net and the ResNet of the
+    same architecture (``--stochastic`` names the first; else the deepest pair there is)."""
+    arch = {n: _arch(n) for n in {*names, *resnets, *([stochastic] if stochastic else [])}}
     if stochastic is not None:
-        const = stochastic.removesuffix("-sd")
-        return (const if const in names else resnets[-1], stochastic)
+        same = [r for r in _of(names, "resnet") if arch[r] == arch[stochastic]]
+        return (same[0] if same else resnets[-1], stochastic)
+    sd = _of(names, "stochastic_depth")
     for r in reversed(resnets):
-        if f"{r}-sd" in names:
-            return (r, f"{r}-sd")
+        for s in sd:
+            if arch[s] == arch[r]:
+                return (r, s)
     return None
 
 
@@ -176,16 +201,15 @@ def plan(resnet: Sequence[str] | None = None, plain: str | None = None,
     """The parts for the bundled networks: what ``--resnet/--plain/--stochastic/--vit`` name,
     else the defaults of :class:`Plan`; every fallback is written into ``notes``."""
     names = checkpoint.bundled_names()
-    vits = tuple(vit) if vit is not None else (
-        () if quick else tuple(n for n in names if n.startswith("vit")))
+    vits = tuple(vit) if vit is not None else (() if quick else tuple(_of(names, "vit")))
     resnets = tuple(resnet) if resnet else _resnets(names, quick)
-    plains = _family(names, "plain")
+    plains = _of(names, "plain")
     if plain is None and plains:
         plain = min(plains, key=lambda p: (abs(_depth(p) - _depth(resnets[0])), _depth(p)))
     paths = "resnet110" if "resnet110" in resnets else max(resnets, key=_depth)
     pair = _twins(names, resnets, stochastic)
-    zoo = [n for d in sorted({_depth(p) for p in plains}) if f"resnet{d}" in names
-           for n in (f"plain{d}", f"resnet{d}")]
+    by_depth = {_depth(r): r for r in _of(names, "resnet")}
+    zoo = [n for p in plains if _depth(p) in by_depth for n in (p, by_depth[_depth(p)])]
     notes = []
     if paths != "resnet110":
         notes.append(f"Fig. 6 (paths) runs on {paths}: resnet110 is not bundled or not chosen")

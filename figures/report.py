@@ -35,7 +35,8 @@ def _models() -> list[str]:
     for name in checkpoint.bundled_names():
         card = json.loads((checkpoint.bundled_dir() / f"{name}.json").read_text())
         arch, w = card.get("arch", name), card.get("weights") or {}
-        paper = HE_2015.get(arch) if "-sd" not in name else (
+        sd = models.family(name, card, default="") == "stochastic_depth"
+        paper = HE_2015.get(arch) if not sd else (
             HUANG_2016["stochastic_110"] if arch == "resnet110" else None)
         err = card.get("test_error", card.get("final_test_error"))
         if w:  # a published checkpoint: who trained it and how
