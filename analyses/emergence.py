@@ -1,0 +1,219 @@
+"""When does the ensemble emerge? Single-block deletion measured during training.
+
+``python -m ablate train --lesion-at auto`` deletes every unit alone at chosen epochs on a fixed,
+class-balanced test subset (``ablate.training.lesion``) and keeps the rows in the run folder's
+``lesions.csv`` (shipped as ``NAME.lesions.csv`` beside the checkpoint). This experiment reads
+those tables, one per training run, and asks of each epoch what Veit et al. (2016) ask of the
+finished net: how much does deleting one block cost (the median change over the blocks that keep
+the feature shape), how many blocks are equivalent to the intact net within the stated margin
+(a paired TOST, ``analyses.verdicts.EQUIVALENCE_MARGIN``), and how much the downsampling blocks
+cost. The learning-rate schedule comes from the run's log, so the drops can be marked.
+
+No paper reports this: the report describes the curves (when robustness appears, what the drops
+do, whether stochastic depth makes it appear earlier) and judges nothing.
+
+    python -m ablate emergence ~/ablate-runs/resnet110-he ~/ablate-runs/resnet110-sd-he
+    python -m ablate emergence ablate/checkpoints/resnet110.lesions.csv --names resnet110
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ablate import models
+from ablate._infra.errors import UsageError, check_out
+from ablate.measures.stats import tost_equivalent
+from ablate.models import checkpoint
+from ablate.training import lesion
+from analyses.options import Base, flag
+from analyses.plan import Plan, Settings
+from analyses.registry import Experiment, Result
+from analyses.table import Table
+from analyses.verdicts import ALPHA, EQUIVALENCE_MARGIN, Finding, fig, read
+
+__all__ = ["EXPERIMENT", "KEY", "per_epoch", "read_runs", "verdicts"]
+
+KEY = ("model", "epoch", "block")
+
+
+def _sources(path: Path) -> tuple[Path, Path | None, Path | None]:
+    """(lesion table, training log, card) of a run folder or of a ``NAME.lesions.csv``."""
+    if path.is_dir():
+        card = next(iter(sorted(path.glob("*.json"))), None)
+        return path / lesion.TABLE, path / "log.csv", card
+    stem = path.name.removesuffix(".lesions.csv").removesuffix(".csv")
+    log = path.with_name(f"{stem}.log.csv")
+    card = path.with_name(f"{stem}.json")
+    return path, log if log.is_file() else None, card if card.is_file() else None
+
+
+def _lr_by_epoch(log: Path | None) -> dict[int, float]:
+    if log is None or not log.is_file():
+        return {}
+    df = pd.read_csv(log)
+    if not {"epoch", "lr"} <= set(df.columns):
+        return {}
+    return {int(e): float(v) for e, v in zip(df["epoch"], df["lr"])}
+
+
+def read_run(path: str | Path, name: str | None = None) -> pd.DataFrame:
+    """The lesion rows of one training run (a run folder or a ``NAME.lesions.csv``) with
+    ``model``, ``family``, the epoch's learning rate and the equivalence test of each row."""
+    table, log, card_path = _sources(Path(path))
+    if not table.is_file():
+        raise UsageError(f"{path}: no lesion table ({table.name}); train with --lesion-at "
+                         "to make one")
+    rows = lesion.read_table(table)
+    if not rows:
+        raise UsageError(f"{table} holds no rows yet: wait for the first lesion epoch")
+    card = {}
+    if card_path is not None:
+        try:
+            card = json.loads(card_path.read_text())
+        except (OSError, ValueError):
+            card = {}
+    model = name or card.get("name") or (Path(path).name if Path(path).is_dir() else
+                                         table.name.removesuffix(".lesions.csv"))
+    df = pd.DataFrame(rows)
+    lr = _lr_by_epoch(log)
+    df.insert(0, "model", model)
+    df.insert(1, "family", models.family(model, card if isinstance(card, dict) else None,
+                                         default="resnet"))
+    df["lr"] = [lr.get(int(e), np.nan) for e in df["epoch"]]  # the rate of the epoch just run
+    df["equivalent"] = [tost_equivalent(int(b), int(f), int(n), EQUIVALENCE_MARGIN, ALPHA)
+                        for b, f, n in zip(df["n_broken"], df["n_fixed"], df["n_images"])]
+    return df
+
+
+def read_runs(paths: list[str | Path], names: list[str] | None = None) -> pd.DataFrame:
+    if names is not None and len(names) != len(paths):
+        raise UsageError(f"{len(names)} names for {len(paths)} runs: give one per run")
+    frames = [read_run(p, names[i] if names else None) for i, p in enumerate(paths)]
+    df = pd.concat(frames, ignore_index=True)
+    if df.duplicated(["model", "epoch", "block"]).any():
+        raise UsageError("two runs have the same name: tell them apart with --names")
+    return df
+
+
+def _bool(s: pd.Series) -> pd.Series:
+    """A column of booleans as read back from a CSV ("True"/"False") or as written."""
+    return s if s.dtype == bool else s.astype(str).str.strip().str.lower().isin({"true", "1"})
+
+
+def per_epoch(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model and epoch: the intact error, the median change over shape-keeping blocks and
+    how many of them are equivalent to intact, the downsampling blocks' mean change, the rate."""
+    df = df.assign(downsample=_bool(df["downsample"]), equivalent=_bool(df["equivalent"]))
+    out = []
+    for (model, epoch), d in df.groupby(["model", "epoch"], sort=True):
+        keep, down = d[~d["downsample"]], d[d["downsample"]]
+        out.append({
+            "model": model, "family": d["family"].iloc[0], "epoch": int(epoch),
+            "intact_error": float(d["intact_error"].iloc[0]),
+            "median_change": float(keep["error_change"].median()),
+            "n_equivalent": int(keep["equivalent"].sum()), "n_blocks": len(keep),
+            "share_equivalent": float(keep["equivalent"].mean()),
+            "downsample_change": float(down["error_change"].mean()) if len(down) else np.nan,
+            "lr": float(d["lr"].iloc[0]),
+        })
+    return pd.DataFrame(out)
+
+
+def lr_drops(summary: pd.DataFrame) -> list[int]:
+    """The first epochs at a lower rate (a fall of 2x or more), from the lesion epochs' rates
+    and, where epochs between are missing, from the known schedule of each run's log."""
+    drops: set[int] = set()
+    for _, d in summary.dropna(subset=["lr"]).groupby("model"):
+        d = d.sort_values("epoch")
+        prev = None
+        for e, lr in zip(d["epoch"], d["lr"]):
+            if prev is not None and lr <= prev / 2:
+                drops.add(int(e))
+            prev = lr
+    return sorted(drops)
+
+
+# --- Verdicts: described, not judged ------------------------------------------------------------
+
+
+def _first(d: pd.DataFrame, col: str, test) -> int | None:
+    hit = d[test(d[col])]
+    return int(hit["epoch"].iloc[0]) if len(hit) else None
+
+
+def verdicts(root: Path) -> list[Finding]:
+    df, _ = read(root, "emergence")
+    claim = ("No published number: Veit et al. and Huang et al. test the finished nets only. "
+             "Does robustness to single deletions appear early or late in training, does it "
+             "move at the learning-rate drops, does stochastic depth make it appear earlier?")
+    criterion = ("described, not judged: median change over shape-keeping blocks, and blocks "
+                 f"equivalent to intact within {EQUIVALENCE_MARGIN:.0%} (paired TOST, "
+                 f"alpha {ALPHA}), per lesion epoch")
+    if df is None or df.empty:
+        return [Finding("When the ensemble emerges (ours)", claim, "no lesion table",
+                        "not run", criterion)]
+    s = per_epoch(df)
+    drops = lr_drops(s)
+    parts = []
+    for model, d in s.groupby("model", sort=False):
+        d = d.sort_values("epoch")
+        last = d.iloc[-1]
+        half = _first(d, "share_equivalent", lambda c: c >= 0.5)
+        text = (f"{model}: median change {d['median_change'].iloc[0]:+.1%} at epoch "
+                f"{int(d['epoch'].iloc[0])}, {last['median_change']:+.1%} at epoch "
+                f"{int(last['epoch'])} ({int(last['n_equivalent'])}/{int(last['n_blocks'])} "
+                f"blocks equivalent); half the blocks equivalent first at epoch "
+                f"{'never' if half is None else half}")
+        for e in drops:
+            before, after = d[d["epoch"] < e].tail(1), d[d["epoch"] >= e].head(1)
+            if len(before) and len(after):
+                text += (f"; across the drop at epoch {e}: {before['median_change'].iloc[0]:+.1%}"
+                         f" (epoch {int(before['epoch'].iloc[0])}) -> "
+                         f"{after['median_change'].iloc[0]:+.1%} (epoch "
+                         f"{int(after['epoch'].iloc[0])})")
+        parts.append(text)
+    return [Finding("When the ensemble emerges (ours)", claim, "; ".join(parts) + ".", "new",
+                    criterion, fig(root, "emergence"))]
+
+
+# --- The command -------------------------------------------------------------------------------
+
+
+@dataclass
+class Options(Base):
+    runs: list[str] = flag([], "training runs with lesions: run folders (lesions.csv, log.csv) "
+                           "or NAME.lesions.csv files", positional=True, metavar="RUN")
+    names: list[str] | None = flag(None, "a display name per run")
+
+
+def measure(o: Options) -> Result:
+    out = check_out(o.out or "runs/emergence")
+    df = read_runs(o.runs, o.names)
+    table = Table(out / "results.csv", KEY)  # refuses a foreign table
+    table.replace(df, by=("model",))  # other runs' rows stay
+    s = per_epoch(df)
+    meta = {"runs": [str(p) for p in o.runs], "equivalence_margin": EQUIVALENCE_MARGIN,
+            "lr_drop_epochs": lr_drops(s),
+            "lesion_images": sorted({int(n) for n in df["n_images"]})}
+    return Result(out, df, meta, summary=lambda: print(s.to_string(index=False)))
+
+
+def reproduce(p: Plan, s: Settings) -> Options | None:
+    """The shipped lesion tables of the constant/stochastic-depth pair (none: not run)."""
+    names = [m for m in (p.stochastic or ())
+             if (checkpoint.bundled_dir() / f"{m}.lesions.csv").is_file()]
+    return Options(runs=[str(checkpoint.bundled_dir() / f"{m}.lesions.csv") for m in names],
+                   names=names) if names else None
+
+
+EXPERIMENT = Experiment(
+    name="emergence", paper="ours: Veit et al.'s single deletion during training, with and "
+    "without stochastic depth (Huang et al.)", run=read_runs, key=KEY, options=Options,
+    measure=measure, verdicts=verdicts, reproduce=reproduce, order=15,
+    summary="when does robustness to deleting a block appear during training?",
+)

@@ -1,0 +1,81 @@
+"""The emergence experiment: lesion tables of training runs per epoch, its figure, its verdict
+(described, never judged) and the command."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from ablate.__main__ import main
+from ablate.training import TrainConfig, train
+from ablate.training import lesion as L
+from analyses import emergence
+from figures.emergence import plot
+from tests.commands.test_train import synthetic
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+DATA = {"train_data": synthetic(96, "train"), "test_data": synthetic(64, "test", seed=1)}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = {}
+    for name, sd in (("const", None), ("sd", "linear:0.5")):
+        d = tmp_path_factory.mktemp(name)
+        train(TrainConfig(model="resnet20", epochs=4, batch_size=32, lr=0.05, device="cpu",
+                          out=str(d), progress=False, lesion_at="0,1,2,4", lesion_images=40,
+                          stochastic_depth=sd, name=name, schedule="he"), **DATA)
+        out[name] = d
+    return out
+
+
+def test_reads_a_run_folder_and_a_shipped_table_alike(runs):
+    a = emergence.read_run(runs["const"])
+    b = emergence.read_run(runs["const"] / "const.lesions.csv")
+    assert a.drop(columns="model").equals(b.drop(columns="model"))
+    assert a["model"].iloc[0] == "const" and set(a["epoch"]) == {0, 1, 2, 4}
+    assert a["lr"].isna().sum() == 9 and a.loc[a.epoch == 4, "lr"].iloc[0] < 0.05  # drops
+    sd = emergence.read_run(runs["sd"])
+    assert sd["family"].iloc[0] == "stochastic_depth" and a["family"].iloc[0] == "resnet"
+
+
+def test_per_epoch_counts_equivalent_shape_keeping_blocks(runs):
+    df = emergence.read_runs([runs["const"]])
+    s = emergence.per_epoch(df)
+    assert list(s["epoch"]) == [0, 1, 2, 4] and (s["n_blocks"] == 7).all()  # 9 minus 2
+    e0 = df[(df.epoch == 0) & ~df.downsample]
+    assert s["n_equivalent"].iloc[0] == e0["equivalent"].sum()
+    assert s["median_change"].iloc[0] == e0["error_change"].median()
+    # read back from a CSV, booleans are text: the same numbers
+    assert emergence.per_epoch(pd.read_csv(pd.io.common.StringIO(df.to_csv()))).equals(s)
+    assert emergence.lr_drops(s) == [4]  # lesions at 2 and 4: the first at a lower rate is 4
+
+
+def test_missing_or_empty_tables_are_one_line(tmp_path):
+    from ablate._infra.errors import UsageError
+
+    with pytest.raises(UsageError, match="no lesion table"):
+        emergence.read_run(tmp_path)
+    L.write_table(tmp_path / L.TABLE, [])
+    with pytest.raises(UsageError, match="no rows yet"):
+        emergence.read_run(tmp_path)
+
+
+def test_command_figure_and_verdict(runs, tmp_path):
+    out = tmp_path / "o"
+    assert main(["emergence", str(runs["const"]), str(runs["sd"]), "--out", str(out)]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["analysis"] == "emergence" and meta["lesion_images"] == [40]
+    assert (out / "emergence.png").exists()
+    root = tmp_path / "repro"
+    (root / "results").mkdir(parents=True)
+    (out).rename(root / "results" / "emergence")
+    (f,) = emergence.verdicts(root)
+    assert f.verdict == "new" and "const:" in f.ours and "sd:" in f.ours
+    assert "described, not judged" in f.criterion
+    assert emergence.verdicts(tmp_path / "none")[0].verdict == "not run"
+    fig = plot(pd.read_csv(root / "results" / "emergence" / "results.csv"))
+    gids = {a.get_gid() for ax in fig.axes for a in ax.get_children()}
+    assert {"median:const", "median:sd", "heatmap:const", "heatmap:sd"} <= gids
