@@ -64,8 +64,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --resume: continue a last.pt written on another kind of device "
                    "(GPU <-> CPU); the data order from there on is freshly seeded, and the "
                    "card says which epochs ran where")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto: a GPU if there is one")
+    p.add_argument("--device", default="auto",
+                   help="auto | cpu | cuda | cuda:N; auto is a GPU if there is one")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="default: on for convolutional nets, off for vit_cifar")
