@@ -129,12 +129,10 @@ HUANG_2016 = {"constant_110": 6.41, "stochastic_110": 5.25, "time_saving": 0.25}
 MIN_TIME_SAVING = 0.20  # Huang et al.: about 25% less training time; we ask for at least 20%
 
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def step_benchmarks(arch: str, folder: Path | None = None) -> list[dict]:
-    """``benchmarks/train_speed.py`` records of ``arch`` that timed the stochastic-depth twin."""
-    folder = folder or BENCHMARKS
+def step_benchmarks(arch: str, folder: Path) -> list[dict]:
+    """``benchmarks/train_speed.py`` records of ``arch`` that timed the stochastic-depth twin, in
+    ``folder`` (a reproduction's ``benchmarks/``: the evidence travels with the tables, not with
+    the source tree)."""
     out = []
     for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         r = json.loads(f.read_text())
@@ -241,7 +239,7 @@ def verdicts(root: Path) -> list[Finding]:
             "needs the resnet110 / resnet110-sd pair (python -m ablate.train, bundled)")]
     const, sd = pair
     cards = {m: checkpoint.load(m).card for m in pair}
-    bench = step_benchmarks(cards[const].get("arch", const))
+    bench = step_benchmarks(cards[const].get("arch", const), root / "benchmarks")
     return [_table1(root, cards, const, sd), time_saving(cards, const, sd, bench),
             *_fig7(root, const, sd, cards)]
 
