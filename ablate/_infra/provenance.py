@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["versions", "cpu_name", "device_name", "git_commit", "environment"]
+__all__ = [
+    "versions", "cpu_has_native_bf16", "cpu_name", "device_name", "git_commit", "environment",
+]
 
 
 def versions() -> dict[str, str]:
@@ -35,6 +37,12 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "cpu"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
 
 
 def device_name(device: torch.device | str) -> str:

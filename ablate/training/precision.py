@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ablate._infra.provenance import cpu_name
+from ablate._infra.provenance import cpu_has_native_bf16, cpu_name
 
 __all__ = ["Precision", "attention_kernel", "choose", "cpu_has_native_bf16", "cpu_name", "ranges"]
 
@@ -30,12 +30,6 @@ class Precision:
     channels_last: bool
     why: str  # one line for the log
     math_attention: bool = False  # train under sdpa_kernel(MATH): see the module docstring
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether the CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
 
 
 def choose(device: torch.device, amp: str | None, channels_last: bool | None,
