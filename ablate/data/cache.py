@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ablate._infra.errors import UsageError
 from ablate._infra.io import atomic_write
 
 from .readers import PICKLE_ERRORS, Transform, decode, split_image, walk, wanted
@@ -36,9 +37,11 @@ def load_path(path: Path, split: str, cache: Path, *, quiet: bool,
         stored = {**obj, "checksum": checksum(obj)}
         try:
             atomic_write(cache_file, lambda p: torch.save(stored, p))
-        except OSError as e:
+        except (OSError, RuntimeError) as e:  # a full disk: torch.save raises RuntimeError
             if not quiet:
-                print(f"data: cannot write cache {cache_file} ({e}); continuing", file=sys.stderr)
+                why = " ".join(str(e).split())[:160] or type(e).__name__
+                print(f"data: cannot write cache {cache_file} ({why}); continuing without it",
+                      file=sys.stderr)
     return obj
 
 
@@ -68,7 +71,15 @@ def _cache_key(path: Path, split: str, tf: Transform = _AS_IS) -> str:
 
 
 def _stat(p: str | Path) -> tuple[int, int]:
-    st = os.stat(p)
+    """(size, mtime) of a data file; a link to nothing or a link loop is one line (what is
+    not a regular file is refused when read)."""
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise UsageError(f"{p} is a link to nothing: remove it or point it at the file") from None
+    except OSError as e:
+        raise UsageError(f"{p} cannot be read ({e.strerror or type(e).__name__}, e.g. a link "
+                         "loop): remove it or replace it with the file") from None
     return st.st_size, st.st_mtime_ns
 
 

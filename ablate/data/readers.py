@@ -8,6 +8,7 @@ import io
 import os
 import pickle
 import posixpath
+import stat
 import tarfile
 import warnings
 import zlib
@@ -43,6 +44,13 @@ FORMATS = (
     "or a folder that is one split (<class>/*.jpg|png, e.g. imagenet/val)"
 )
 _SIZE_FIX = "--resize 256 --crop 224 (the ImageNet evaluation preprocessing)"
+
+# Limits on what is read: a data file is untrusted, and a small archive or a link can stand for
+# gigabytes (a gzip of zeros, /dev/zero). Each is stated in the message that refuses it.
+MAX_IMAGE_BYTES = 64 << 20  # one image file (ImageNet's largest JPEG is ~15 MB)
+MAX_IMAGE_PIXELS = 1 << 27  # one image's width x height, read from its header before decoding
+MAX_BATCH_BYTES = 512 << 20  # one CIFAR python batch (CIFAR-100's train is 155 MB)
+MAX_ARCHIVE_BYTES = 2 << 30  # an archive's whole decompressed content (unpack larger ones)
 
 
 @dataclass(frozen=True)
@@ -98,28 +106,91 @@ def walk(root: Path) -> tuple[set[str], set[str]]:
     return files, dirs
 
 
+def _mib(n: int) -> str:
+    return f"{n / (1 << 30):g} GiB" if n >= 1 << 30 else f"{n / (1 << 20):g} MiB"
+
+
+def limit_for(name: str) -> int:
+    """The most bytes read from the file ``name``: an image's or a CIFAR batch's limit."""
+    return MAX_IMAGE_BYTES if name.lower().endswith(IMAGE_EXTS) else MAX_BATCH_BYTES
+
+
+def read_file(path: Path, shown: str | None = None) -> bytes:
+    """The bytes of a regular file of a data set, at most ``limit_for`` its name; a link to
+    nothing, a link loop, a device (``/dev/zero``), a pipe or a larger file is one line."""
+    shown = shown or str(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"{shown} is a link to nothing: remove it or point it at the file"
+                         ) from None
+    except OSError as e:
+        raise UsageError(f"{shown} cannot be read ({e.strerror or type(e).__name__}, e.g. a "
+                         "link loop): remove it or replace it with the file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{shown} is not a regular file (a device, pipe or socket): remove it "
+                         "from the data set")
+    limit = limit_for(path.name)
+    if st.st_size > limit:
+        raise UsageError(f"{shown} is {_mib(st.st_size)}, over the {_mib(limit)} limit for one "
+                         "file of a data set: remove it or shrink it")
+    try:
+        with open(path, "rb") as f:
+            blob = f.read(limit + 1)
+    except OSError as e:
+        raise UsageError(f"{shown} cannot be read ({e.strerror or type(e).__name__}): check "
+                         "the file") from None
+    if len(blob) > limit:  # grew while being read
+        raise UsageError(f"{shown} is over the {_mib(limit)} limit for one file of a data set: "
+                         "remove it or shrink it")
+    return blob
+
+
 def decode(path: Path, split: str, tf: Transform = Transform()) -> dict:
     """Decode ``split`` of a folder or archive into {"images", "labels", "classes", "name"}."""
     if path.is_dir():
         files, dirs = walk(path)
         return _from_listing(
-            path, split, files, dirs, lambda n: (path / n).read_bytes(), tf, folder=True
+            path, split, files, dirs,
+            lambda n: read_file(path / n, f"{n} in {str(path)!r}"), tf, folder=True,
         )
     if not path.name.lower().endswith((".tar.gz", ".tgz", ".tar")):
         raise UsageError(
             f"{str(path)!r} is not a recognised data set; pass --data PATH to {FORMATS}"
         )
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UsageError(f"archive {str(path)!r} cannot be read ({e.strerror or type(e).__name__})"
+                         ": pass --data PATH to a regular file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"archive {str(path)!r} is not a regular file (a device, pipe or "
+                         "socket): pass --data PATH to an archive file")
     names, dirs, blobs = set(), set(), {}
+    total = 0
     try:
         with tarfile.open(path, "r:*") as archive:
             for m in archive:  # one sequential pass, keeping only the bytes this split may need
                 name = posixpath.normpath(m.name.lstrip("/"))
+                total += max(m.size, 0)
+                if total > MAX_ARCHIVE_BYTES:
+                    raise UsageError(
+                        f"archive {str(path)!r} expands to more than {_mib(MAX_ARCHIVE_BYTES)}, "
+                        "the limit for an archive: unpack it and pass --data FOLDER"
+                    )
                 if m.isdir():
                     dirs.add(name)
                 elif m.isfile() and not posixpath.basename(name).startswith("."):
                     names.add(name)
                     if wanted(name, split):
-                        blobs[name] = archive.extractfile(m).read()
+                        limit = limit_for(name)
+                        if m.size > limit:
+                            raise UsageError(
+                                f"{name} in {str(path)!r} is {_mib(m.size)}, over the "
+                                f"{_mib(limit)} limit for one file of a data set: remove it "
+                                "or shrink it"
+                            )
+                        blobs[name] = archive.extractfile(m).read(limit + 1)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise UsageError(
             f"cannot read archive {str(path)!r} ({_oneline(e)}); re-download or re-create it"
@@ -322,21 +393,12 @@ def _decode_images(
     """JPEG/PNG members -> uint8 [N, 3, H, W] RGB (grey, CMYK or RGBA become RGB), and the set of
     stored (H, W) sizes. Each image is read, decoded and resized/cropped before the next, into one
     preallocated tensor, so memory holds the result and one image (ImageNet val: 50000 JPEGs)."""
-    from torchvision.io import ImageReadMode, decode_image
-
     out: torch.Tensor | None = None
     sizes: set[tuple[int, int]] = set()
     with warnings.catch_warnings():  # torchvision 0.29 warns on every call that io is deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
         for i, member in enumerate(members):
-            try:
-                buf = torch.frombuffer(bytearray(read(member)), dtype=torch.uint8)
-                img = decode_image(buf, ImageReadMode.RGB)
-            except (RuntimeError, ValueError) as e:  # an undecodable image is a user error
-                raise UsageError(
-                    f"cannot decode image {member} in {str(root)!r} ({_oneline(e)}); "
-                    "replace or remove it"
-                ) from None
+            img = decode_rgb(read(member), f"{member} in {str(root)!r}")
             sizes.add((int(img.shape[-2]), int(img.shape[-1])))
             img = tf(img)
             if out is None:
@@ -352,6 +414,40 @@ def _decode_images(
             out[i] = img
     assert out is not None  # callers pass at least one member
     return out, sizes
+
+
+def decode_rgb(blob: bytes, shown: str) -> torch.Tensor:
+    """An image file's bytes -> uint8 [3, H, W] RGB, whatever its mode: grey, grey + alpha,
+    palette, RGB, RGBA, CMYK (JPEG); 1, 2, 4, 8 or 16 bits per sample (16-bit samples are
+    scaled to 8 bits by rounding v * 255 / 65535, not cut to their low byte); alpha is dropped.
+    Anything else (an animation, another sample type, more pixels than ``MAX_IMAGE_PIXELS``)
+    is one line."""
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        with Image.open(io.BytesIO(blob)) as header:  # reads the header only
+            w, h = header.size
+    except Image.DecompressionBombError:
+        w = h = MAX_IMAGE_PIXELS
+    except Exception as e:  # anything PIL cannot identify is not an image
+        raise UsageError(f"cannot decode image {shown} ({_oneline(e)}); replace or remove it"
+                         ) from None
+    if w * h > MAX_IMAGE_PIXELS:
+        raise UsageError(f"image {shown} has more than {MAX_IMAGE_PIXELS:,} pixels (the limit "
+                         "for one image): replace or remove it")
+    try:
+        img = decode_image(torch.frombuffer(bytearray(blob), dtype=torch.uint8),
+                           ImageReadMode.RGB)
+    except (RuntimeError, ValueError) as e:  # an undecodable image is a user error
+        raise UsageError(f"cannot decode image {shown} ({_oneline(e)}); replace or remove it"
+                         ) from None
+    if img.dtype == torch.uint16:  # 16 bits per sample: round to the nearest 8-bit value
+        img = ((img.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
+    if img.dtype != torch.uint8 or img.dim() != 3 or img.shape[0] != 3:
+        raise UsageError(f"image {shown} decodes to {img.dtype} {tuple(img.shape)}, not one "
+                         "8- or 16-bit RGB image: convert it to an 8-bit RGB PNG or JPEG")
+    return img
 
 
 def torchvision_split(

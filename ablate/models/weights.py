@@ -10,21 +10,26 @@ sha256 before anything is kept, then converted.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import http.client
 import os
 import re
 import tempfile
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from .._infra.errors import UsageError
-from .._infra.io import sha256_file
 from ..data import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["WEIGHTS", "Weights", "convert", "download", "get", "original_state"]
+__all__ = ["WEIGHTS", "Weights", "convert", "download", "get", "locked", "original_state",
+           "verify"]
+
+MAX_DOWNLOAD_BYTES = 1 << 30  # the largest published file (resnet1202) is 77 MB
 
 IMAGENET_NORM = (IMAGENET_MEAN, IMAGENET_STD)
 MARTYN_NORM = ((0.49187,) * 3, (0.24697,) * 3)  # one value for all channels, as trained
@@ -78,6 +83,9 @@ class Weights:
     normalization: tuple[tuple[float, ...], tuple[float, ...]]
     recipe: str
     layout: str  # "akamaster" | "a-martyn": how the original keys map onto ours
+    # The git blob id (SHA-1 of b"blob <size>\0" + content) recorded by the source repository's
+    # tree at ``commit``: checked too where ``sha256`` is only a prefix.
+    git_blob: str | None = None
 
     def card(self) -> dict:
         """What a converted checkpoint's card records about its origin."""
@@ -89,13 +97,14 @@ class Weights:
         }
 
 
-def _aka(depth: int, digest: str, published: float, measured: float | None, bundled: bool):
+def _aka(depth: int, digest: str, published: float, measured: float | None, bundled: bool,
+         git_blob: str | None = None):
     # Entries fetched on demand carry the source in their name, so that an architecture name
     # alone (resnet110: our own bundled net) never starts a download.
     file = f"resnet{depth}-{digest[:8]}.th"
     name = f"resnet{depth}" if bundled else f"resnet{depth}-akamaster"
     return Weights(name, f"resnet{depth}", "resnet", file, _AKA_URL + file, digest,
-                   published, measured, bundled, **_AKAMASTER)
+                   published, measured, bundled, **_AKAMASTER, git_blob=git_blob)
 
 
 def _martyn(depth: int, digest: str, published: float, measured: float):
@@ -109,9 +118,10 @@ WEIGHTS: dict[str, Weights] = {w.name: w for w in (
     _aka(32, "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850", 7.37, 7.37, True),
     _aka(44, "014dd6541728a1c700b1642ab640e211dc6eb8ed507d70697458dc8f8a0ae2e4", 6.90, 6.90, True),
     _aka(56, "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367", 6.61, 6.61, True),
-    # Upstream, not obtainable here: only the hash prefix in the file name is known.
-    _aka(110, "1d1ed7c2", 6.32, None, False),
-    _aka(1202, "f3b1deed", 6.18, None, False),
+    # Upstream, not obtainable here: the sha256 prefix in the file name and the git blob id of
+    # the repository's tree at d5489e8 are known; both are checked.
+    _aka(110, "1d1ed7c2", 6.32, None, False, "45daff3ec1b813c24feb5e17d2208a79066e42d2"),
+    _aka(1202, "f3b1deed", 6.18, None, False, "bdb9ff6fbe6b0b4f63f0af9713589e89c453c1cf"),
     _martyn(20, "0f77669a030c3ed83c4cb51a14657ff5b9382a0204a1f2e74f817489b55322a2", 9.50, 9.69),
     _martyn(32, "66116e99103f8f23cb5a2abbe8ede59aadc8ee1035f92dc4bdb950bd8f129d4b", 9.92, 10.04),
     _martyn(44, "daa3c99abdf9db6863d49b4720cf913454d42600370b192a0ed983362e80945d", 11.35, 11.56),
@@ -156,30 +166,80 @@ def original_state(w: Weights, path: str | Path) -> dict[str, torch.Tensor]:
     return convert(dict(state), w.layout)
 
 
-def download(w: Weights, cache: Path, opener: Callable | None = None) -> Path:
-    """The original file of ``w`` in ``cache``, downloaded and sha256-checked if not there yet.
+def digests(path: str | Path, chunk: int = 1 << 20) -> tuple[str, str]:
+    """(sha256, git blob id) of a file, in one pass."""
+    size = os.path.getsize(path)
+    sha, blob = hashlib.sha256(), hashlib.sha1(f"blob {size}\0".encode())
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            sha.update(block)
+            blob.update(block)
+    return sha.hexdigest(), blob.hexdigest()
 
-    The download goes to a temporary file that is renamed into place only once its hash matches,
-    so nothing half-downloaded or wrong is ever kept.
+
+def verify(w: Weights, path: str | Path) -> str | None:
+    """The full sha256 of ``path`` if it is ``w``'s published file (its sha256, or the prefix
+    known, and its git blob id where known), else None."""
+    sha, blob = digests(path)
+    ok = sha.startswith(w.sha256) and (w.git_blob is None or blob == w.git_blob)
+    return sha if ok else None
+
+
+@contextlib.contextmanager
+def locked(lock: Path) -> Iterator[None]:
+    """An exclusive lock on the file ``lock`` while the block runs (first users of one cache
+    entry wait for each other instead of racing)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            import fcntl
+        except ImportError:  # Windows: msvcrt's byte-range lock
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def download(w: Weights, cache: Path, opener: Callable | None = None) -> Path:
+    """The original file of ``w`` in ``cache``, downloaded and checked if not there yet: its
+    sha256 (or the prefix published) and, where known, the git blob id of the source tree.
+
+    The download goes to a temporary file that is renamed into place only once it verifies, so
+    nothing half-downloaded or wrong is ever kept; a download cut short, a network or HTTP error
+    is one line.
     """
     dest = cache / "weights" / w.file
-    if dest.is_file() and sha256_file(dest).startswith(w.sha256):
+    if dest.is_file() and verify(w, dest):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{w.file}.", suffix=".part")
+    fix = f"with no internet, pass --checkpoint PATH to a copy of {w.file}"
     try:
         with os.fdopen(fd, "wb") as out, (opener or urllib.request.urlopen)(w.url) as src:
+            total = 0
             while chunk := src.read(1 << 20):
+                total += len(chunk)
+                if total > MAX_DOWNLOAD_BYTES:
+                    raise UsageError(f"download of {w.name} from {w.url} is larger than "
+                                     f"{MAX_DOWNLOAD_BYTES >> 20} MiB, the limit: not the "
+                                     f"published file; {fix}")
                 out.write(chunk)
-        got = sha256_file(tmp)
-        if not got.startswith(w.sha256):
-            raise UsageError(f"download of {w.name} from {w.url} has sha256 {got[:16]}..., "
-                             f"expected {w.sha256[:16]}...: not the published file; try again "
-                             "later")
+        if verify(w, tmp) is None:
+            got, blob = digests(tmp)
+            raise UsageError(f"download of {w.name} from {w.url} has sha256 {got[:16]}... (git "
+                             f"blob {blob[:12]}...), expected {w.sha256[:16]}..."
+                             + (f" (git blob {w.git_blob[:12]}...)" if w.git_blob else "")
+                             + ": not the published file; try again later")
         os.replace(tmp, dest)
-    except OSError as e:
-        raise UsageError(f"cannot download {w.name} from {w.url} ({e}); with no internet, pass "
-                         f"--checkpoint PATH to a copy of {w.file}") from None
+    except (OSError, http.client.HTTPException, ValueError) as e:  # cut short: IncompleteRead
+        why = " ".join(str(e).split())[:160] or type(e).__name__
+        raise UsageError(f"cannot download {w.name} from {w.url} ({type(e).__name__}: {why}); "
+                         f"{fix}") from None
     finally:
         Path(tmp).unlink(missing_ok=True)
     return dest
