@@ -34,7 +34,8 @@ def _list() -> str:
 @cli_main
 def _usage(argv: Sequence[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.split("\n\n")[0].strip("`"), file=sys.stdout)
+        print("usage: python -m ablate EXPERIMENT [flags]   (or: ablate EXPERIMENT [flags])\n"
+              "       python -m ablate EXPERIMENT --help   the experiment's flags\n")
         print(_list())
         return 0
     if argv[0] == "--list":

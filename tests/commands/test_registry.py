@@ -147,3 +147,15 @@ def test_a_name_declared_twice_is_refused(toy, tmp_path, monkeypatch):
     monkeypatch.setenv("ABLATE_EXPERIMENTS", "toypkg.toy_analysis,toypkg.again")
     with pytest.raises(ValueError, match="declared twice"):
         registry.experiments()
+
+
+def test_the_dispatcher_lists_runs_tools_and_refuses_unknown_names(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m ablate EXPERIMENT") and "train" in out
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0 and "--lesion-at" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["nosuch"])
+    assert e.value.code == 2 and "no experiment 'nosuch'" in capsys.readouterr().err
