@@ -4,7 +4,10 @@ Each works by module wrapping: the module at a unit's place is swapped for a wra
 ``reorder``, for another unit's module) and swapped back on exit, also when the block raises.
 Parameters and buffers are never written, no hooks are registered, and the training flag is
 left alone, so the model leaves the ``with`` block bitwise as it entered. They compose: nested
-interventions on one unit multiply their gains.
+interventions on one unit multiply their gains. Nested ones exit innermost first; an outer one
+exiting first (out of order) restores the model completely, the inner ones too, and says so.
+Every argument is checked: a bool, a float where an index is meant, an index out of range or
+repeated, a gain that is not a finite number is one line (``UsageError``).
 
     with delete(model, [3, 7]), scale(model, {10: 0.5}):
         logits = model(x)
@@ -12,6 +15,10 @@ interventions on one unit multiply their gains.
 
 from __future__ import annotations
 
+import collections
+import math
+import numbers
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -20,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ablate._infra.errors import UsageError
-from ablate.models.blocks import Block, blocks, get_module, set_module
+from ablate.models.blocks import Block, blocks, get_module
 from ablate.models.cifar_resnet import linear_survival
 
 __all__ = [
@@ -39,6 +46,7 @@ class _Gated(nn.Module):
     """
 
     is_intervention = True
+    takes_hooks = True  # the block's hooks fire on this wrapper (its forward never calls it)
 
     def __init__(self, inner: nn.Module, block: Block, gain: Gain) -> None:
         super().__init__()
@@ -82,6 +90,7 @@ class _PlainGate(nn.Module):
     """Stands in for a plain unit's conv (its BN moved in here): identity where the gate is 0."""
 
     is_intervention = True
+    takes_hooks = True  # the conv's hooks fire on this wrapper, which runs conv and BN unhooked
 
     def __init__(self, inner: nn.Module, bn: nn.Module | None, gain: Gain) -> None:
         super().__init__()
@@ -97,9 +106,13 @@ class _PlainGate(nn.Module):
                 # The ReLU that follows sees x >= 0 (it is a ReLU's output) and leaves it as is.
                 # Clone under autograd: a following in-place ReLU must not bump x's version.
                 return x.clone() if torch.is_grad_enabled() else x
-            return self.bn(self.inner(x))
+            return self._unit(x)
         keep = g.view(-1, *([1] * (x.dim() - 1))) != 0
-        return torch.where(keep, self.bn(self.inner(x)), x)
+        return torch.where(keep, self._unit(x), x)
+
+    def _unit(self, x: Tensor) -> Tensor:
+        # unhooked: the conv's hooks are this wrapper's, the BN's its stand-in's
+        return self.bn.forward(self.inner.forward(x))
 
 
 def _times(g: Tensor | float, r: Tensor) -> Tensor:
@@ -108,46 +121,146 @@ def _times(g: Tensor | float, r: Tensor) -> Tensor:
     return g * r
 
 
+class _Frame:
+    """One ``swapped`` context: what it replaced, where (parent module, attribute)."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[nn.Module, str, nn.Module]] = []  # parent, attr, old module
+        self.closed = False
+
+    def undo(self) -> None:
+        for parent, attr, old in reversed(self.entries):
+            setattr(parent, attr, old)
+        self.closed = True
+
+
+# The open ``swapped`` contexts of each model, outermost first.
+_OPEN: weakref.WeakKeyDictionary[nn.Module, list[_Frame]] = weakref.WeakKeyDictionary()
+
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+               "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_hooks",
+               "_backward_pre_hooks")
+
+
 @contextmanager
 def swapped(model: nn.Module, replacements: Mapping[str, nn.Module]) -> Iterator[nn.Module]:
     """Put each module of ``replacements`` at its qualified name; put the old ones back on exit.
 
-    A new module (a wrapper, not one of the model's own) takes over the forward hooks of the
-    module it stands in for, so a user's hook on a block still fires inside ``delete``/``scale``
-    (and sees the edited output); moved blocks (``reorder``) keep their own hooks."""
-    saved: list[tuple[str, nn.Module]] = []
+    A new module (a wrapper, not one of the model's own) takes over the hooks of the module it
+    stands in for: it shares that module's hook dictionaries, so a user's hook on a block fires
+    once per forward inside ``delete``/``scale``/``drop`` (and sees the edited output), a hook
+    removed inside the block stops firing, and one added inside stays on the module after. A
+    wrapper that calls the module it holds as ``inner`` (a layer plan) takes nothing unless it
+    says ``takes_hooks``. Moved blocks (``reorder``) keep their own hooks.
+
+    Exits restore exactly what was replaced, innermost first. A context that exits while ones
+    opened after it are still open (out of order) restores those too, then raises a UsageError.
+    """
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    if not isinstance(replacements, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, nn.Module) for k, v in replacements.items()):
+        raise UsageError("replacements must map qualified module names (str) to modules")
+    frame = _Frame()
+    stack = _OPEN.setdefault(model, [])
+    stack.append(frame)
     own = {id(m) for m in model.modules()}
     try:
         for name, new in replacements.items():
-            old = get_module(model, name)
-            saved.append((name, old))
-            if id(new) not in own:
-                _carry_hooks(old, new)
-            set_module(model, name, new)
+            parent_name, _, attr = name.rpartition(".")
+            try:
+                parent = get_module(model, parent_name)
+                old = get_module(parent, attr) if attr else None
+            except AttributeError:
+                old = None
+            if old is None:
+                raise UsageError(f"the model has no module {name!r} to replace")
+            frame.entries.append((parent, attr, old))
+            if id(new) not in own and getattr(new, "takes_hooks",
+                                              getattr(new, "inner", None) is not old):
+                _share_hooks(old, new)
+            setattr(parent, attr, new)
         yield model
-    finally:
-        for name, old in reversed(saved):
-            set_module(model, name, old)
+    except BaseException:
+        _close(model, frame)
+        raise
+    if _close(model, frame):
+        raise UsageError(
+            "interventions exited out of order: an outer one ended while one opened inside it was "
+            "still open; the model is restored as before both; nest them as with-blocks (or an "
+            "ExitStack), innermost exiting first"
+        )
 
 
-def _carry_hooks(old: nn.Module, new: nn.Module) -> None:
-    for attr in ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
-                 "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
-        src, dst = getattr(old, attr, None), getattr(new, attr, None)
-        if src and dst is not None:
-            dst.update(src)
+def _close(model: nn.Module, frame: _Frame) -> bool:
+    """Undo ``frame`` and every frame opened after it, innermost first; True if there were
+    such (an out-of-order exit). A frame already undone that way does nothing."""
+    if frame.closed:
+        return False
+    stack = _OPEN.get(model, [])
+    at = next((i for i, f in enumerate(stack) if f is frame), None)
+    later = stack[at + 1:] if at is not None else []
+    for f in reversed([frame, *later]):
+        f.undo()
+    if at is not None:
+        del stack[at:]
+    return bool(later)
+
+
+def _share_hooks(old: nn.Module, new: nn.Module) -> None:
+    for attr in _HOOK_DICTS:
+        if isinstance(getattr(old, attr, None), dict) and hasattr(new, attr):
+            object.__setattr__(new, attr, getattr(old, attr))
+    if hasattr(old, "_is_full_backward_hook"):
+        new._is_full_backward_hook = old._is_full_backward_hook
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments: each is checked as strictly as an index to ``delete``.
+
+
+def _is_int(i: object) -> bool:
+    return isinstance(i, numbers.Integral) and not isinstance(i, bool)
+
+
+def _as_list(values: object, what: str) -> list:
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise UsageError(f"{what} must be a list of integers, not {type(values).__name__} "
+                         f"{values!r}"[:200])
+    return list(values)
 
 
 def _indices(indices: Iterable[int] | int, n: int, what: str = "block") -> list[int]:
-    idx = [indices] if isinstance(indices, int) else list(indices)
+    idx = [indices] if _is_int(indices) else _as_list(indices, f"{what} indices")
     for i in idx:
-        if not isinstance(i, int) or isinstance(i, bool):
+        if not _is_int(i):
             raise UsageError(f"{what} index {i!r} is not an integer")
         if not 0 <= i < n:
             raise UsageError(f"{what} {i} is out of range: this model has {what}s 0..{n - 1}")
     if len(set(idx)) != len(idx):
         raise UsageError(f"{what} indices repeat: {idx}")
-    return idx
+    return [int(i) for i in idx]
+
+
+def _real(v: object, what: str) -> float:
+    """``v`` as a finite float: not a bool, a string, NaN or an infinity."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise UsageError(f"{what} must be a finite number, not {v!r}")
+    return float(v)
+
+
+def _flag(v: object, what: str) -> bool:
+    if not isinstance(v, bool):
+        raise UsageError(f"{what} must be True or False, not {v!r}")
+    return v
+
+
+def _granularity(g: object) -> str:
+    from ablate.models.transformers import GRANULARITIES
+
+    if g not in GRANULARITIES:
+        raise UsageError(f"granularity must be one of {GRANULARITIES}, not {g!r}")
+    return g
 
 
 def _gate_replacements(model: nn.Module, b: Block, gain: Gain) -> dict[str, nn.Module]:
@@ -172,6 +285,7 @@ def _gated(
     _indices(list(gains), len(bl))
     out: dict[str, nn.Module] = {}
     for i, g in gains.items():
+        g = g if callable(g) else _real(g, f"the gain of unit {i}")
         out.update(_gate_replacements(model, bl[i], g))
     return out
 
@@ -186,7 +300,7 @@ def delete(
     A plain unit that changes shape cannot be deleted and is refused. Transformers:
     ``granularity="branch"`` addresses attention and MLP branches (see ``blocks``).
     """
-    idx = _indices(indices, len(blocks(model, granularity)))
+    idx = _indices(indices, len(blocks(model, _granularity(granularity))))
     with swapped(model, _gated(model, dict.fromkeys(idx, 0.0), granularity)):
         yield model
 
@@ -196,11 +310,15 @@ def scale(
     model: nn.Module, factors: Mapping[int, float] | Sequence[float] | float,
     granularity: str = "block",
 ) -> Iterator[nn.Module]:
-    """Multiply residual branches: ``{index: factor}``, one factor per block, or one for all."""
-    bl = blocks(model, granularity)
-    if isinstance(factors, (int, float)):
-        factors = {b.index: float(factors) for b in bl if b.kind == "residual"}
+    """Multiply residual branches: ``{index: factor}``, one factor per block, or one for all.
+    A factor is a finite number (not a bool)."""
+    bl = blocks(model, _granularity(granularity))
+    if isinstance(factors, numbers.Real) and not isinstance(factors, bool):
+        f = _real(factors, "scale factor")
+        factors = {b.index: f for b in bl if b.kind == "residual"}
     elif not isinstance(factors, Mapping):
+        factors = _as_list(factors, "scale factors") if not isinstance(factors, bool) else \
+            _real(factors, "scale factor")
         if len(factors) != len(bl):
             raise UsageError(f"{len(factors)} scale factors for {len(bl)} blocks; give one each")
         factors = dict(enumerate(factors))
@@ -208,7 +326,7 @@ def scale(
         if bl[i].kind != "residual":
             msg = f"unit {i} ({bl[i].name}) is a plain unit: only residual branches scale"
             raise UsageError(msg)
-    gains = {i: float(f) for i, f in factors.items()}
+    gains = {int(i): _real(f, f"scale factor of block {i}") for i, f in factors.items()}
     with swapped(model, _gated(model, gains, granularity)):
         yield model
 
@@ -225,6 +343,7 @@ class Linear:
 
 def linear(p_last: float = 0.5) -> Linear:
     """The linear-decay survival rule of stochastic depth, for ``drop``."""
+    p_last = _real(p_last, "p_L")
     if not 0.0 < p_last <= 1.0:
         raise UsageError(f"p_L must be in (0, 1], not {p_last}")
     return Linear(p_last)
@@ -235,11 +354,13 @@ def survival_list(
 ) -> list[float]:
     """One survival probability per unit from a float, a list, or a rule such as ``linear``."""
     if callable(survival):
-        ps = list(survival(n))
-    elif isinstance(survival, (int, float)):
-        ps = [float(survival)] * n
+        ps = _as_list(survival(n), "the survival rule's probabilities")
+    elif isinstance(survival, numbers.Real) and not isinstance(survival, bool):
+        ps = [survival] * n
     else:
-        ps = [float(p) for p in survival]
+        ps = _as_list(survival, "survival probabilities") if not isinstance(survival, bool) \
+            else [survival]
+    ps = [_real(p, "a survival probability") for p in ps]
     if len(ps) != n:
         raise UsageError(f"{len(ps)} survival probabilities for {n} units; give one each")
     for p in ps:
@@ -271,7 +392,13 @@ def drop(
     """
     if mode not in ("row", "batch"):
         raise UsageError(f"drop mode must be 'row' or 'batch', not {mode!r}")
-    bl = [b for b in blocks(model, granularity) if b.kind == "residual" or not residual_only]
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise UsageError(f"generator must be a torch.Generator or None, not "
+                         f"{type(generator).__name__}")
+    _flag(rescale, "rescale")
+    _flag(residual_only, "residual_only")
+    bl = [b for b in blocks(model, _granularity(granularity))
+          if b.kind == "residual" or not residual_only]
     bl = [b for b in bl if not (b.kind == "plain" and b.changes_shape)]
     ps = survival_list(survival, len(bl))
     gains = {b.index: _bernoulli_gate(p, mode, generator, rescale) for b, p in zip(bl, ps)}
@@ -291,22 +418,56 @@ def _unscaled(b: Block) -> Block:
     return b
 
 
+def _in_backward() -> bool:
+    """True while autograd runs a backward pass: a forward now is a checkpoint's recomputation."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
+
+
+class _BernoulliGate:
+    """A unit's random gate: one draw per forward pass (per row or per batch).
+
+    Gradient checkpointing (``torch.utils.checkpoint``) runs a forward again during backward; it
+    restores torch's global generators for that, but not ``generator``. So every draw is kept
+    (the last ``KEEP``), and a forward run inside a backward pass takes back the latest draw
+    instead of drawing anew: the recomputation sees the gates of its forward pass, gradients
+    are those of the run without checkpointing.
+    """
+
+    KEEP = 64
+
+    def __init__(self, p: float, mode: str, generator: torch.Generator | None,
+                 keep_gain: float) -> None:
+        self.p, self.mode, self.generator, self.keep_gain = p, mode, generator, keep_gain
+        self.device = generator.device if generator is not None else torch.device("cpu")
+        self.drawn: collections.deque = collections.deque(maxlen=self.KEEP)
+
+    def __call__(self, x: Tensor) -> Tensor | float:
+        if _in_backward() and self.drawn:
+            g = self.drawn.pop()
+        else:
+            g = self._draw(x)
+            self.drawn.append(g)
+        return g if isinstance(g, float) else g.to(x.device).to(x.dtype) * self.keep_gain
+
+    def _draw(self, x: Tensor) -> Tensor | float:
+        """Batch mode: the gain; row mode: which rows keep their branch."""
+        if self.mode == "batch":
+            kept = bool(torch.rand((), generator=self.generator, device=self.device) < self.p)
+            return self.keep_gain if kept else 0.0
+        return torch.rand(x.shape[0], generator=self.generator, device=self.device) < self.p
+
+    def __repr__(self) -> str:
+        return f"bernoulli(p={self.p:.4g}, mode={self.mode})"
+
+
 def _bernoulli_gate(
     p: float, mode: str, generator: torch.Generator | None, rescale: bool
 ) -> Gain:
     if p >= 1.0:
         return 1.0
     keep_gain = 1.0 / p if rescale and p > 0 else 1.0
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-
-    def gate(x: Tensor) -> Tensor | float:
-        if mode == "batch":
-            kept = bool(torch.rand((), generator=generator, device=gen_device) < p)
-            return keep_gain if kept else 0.0
-        u = torch.rand(x.shape[0], generator=generator, device=gen_device).to(x.device)
-        return (u < p).to(x.dtype) * keep_gain
-
-    return gate
+    return _BernoulliGate(p, mode, generator, keep_gain)
 
 
 @contextmanager
@@ -316,15 +477,34 @@ def reorder(model: nn.Module, permutation: Sequence[int]) -> Iterator[nn.Module]
     Only shape-compatible moves are allowed: within a stage, among blocks that keep the shape.
     """
     bl = blocks(model)
-    perm = list(permutation)
+    perm = _as_list(permutation, "the order")
     check_order(bl, perm)
+    _check_attention_types(model, perm)
     moves = {bl[pos].name: bl[src].module for pos, src in enumerate(perm) if pos != src}
     with swapped(model, moves):
         yield model
 
 
+def _check_attention_types(model: nn.Module, perm: Sequence[int]) -> None:
+    """Refuse moving a layer to a position of another attention type (a model mixing full and
+    sliding-window attention: each position's KV-cache layer and mask are of its type)."""
+    types = getattr(getattr(model, "config", None), "layer_types", None)
+    if not isinstance(types, (list, tuple)) or len(set(types)) < 2:
+        return
+    for pos, src in enumerate(perm):
+        if src != pos and pos < len(types) and src < len(types) and types[src] != types[pos]:
+            raise UsageError(
+                f"layer {src} ({types[src]}) cannot move to position {pos} ({types[pos]}): "
+                "this model mixes attention types; keep each layer where its kind of slot is"
+            )
+
+
 def check_order(bl: Sequence[Block], perm: Sequence[int]) -> None:
     """Refuse an order that is not a permutation or moves a unit where its shape does not fit."""
+    perm = _as_list(perm, "the order")
+    for i in perm:
+        if not _is_int(i):
+            raise UsageError(f"order entry {i!r} is not an integer")
     if sorted(perm) != list(range(len(bl))):
         raise UsageError(f"the order must be a permutation of 0..{len(bl) - 1}")
     for pos, src in enumerate(perm):
@@ -342,6 +522,7 @@ def check_order(bl: Sequence[Block], perm: Sequence[int]) -> None:
 
 def check_gain(b: Block, gain: float) -> None:
     """Refuse a gain a unit cannot take: plain units are kept (1) or deleted (0) if shape allows."""
+    gain = _real(gain, f"the gain of unit {b.index}")
     if b.kind != "plain":
         return
     if gain not in (0.0, 1.0):

@@ -26,7 +26,7 @@ from torch import nn
 from .._infra.errors import UsageError
 from ..models.transformers import Layout, attention_of, cache_of, layer_paths, layout
 from ..models.units import _resolve, get_module
-from .edits import swapped
+from .edits import _as_list, _is_int, swapped
 
 __all__ = ["run", "repeat", "delete_window", "plan_repeat", "plan_without"]
 
@@ -95,7 +95,7 @@ def _ensure_slot(cache: object | None, slot: int) -> None:
 
 
 def _check_plan(plan: Sequence[int], n: int) -> list[int]:
-    plan = list(plan)
+    plan = _as_list(plan, "a plan")
     for i in plan:
         if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < n:
             raise UsageError(f"plan entry {i!r} is not a layer position 0..{n - 1}")
@@ -152,9 +152,15 @@ def run(model: nn.Module, plan: Sequence[int]) -> Iterator[nn.Module]:
 
 def plan_repeat(n: int, positions: Iterable[int] | int, times: int = 2) -> list[int]:
     """The plan running each layer in ``positions`` ``times`` times in a row."""
-    pos = {positions} if isinstance(positions, int) else set(positions)
-    if times < 1:
-        raise UsageError(f"times must be at least 1, not {times}")
+    listed = [positions] if _is_int(positions) else _as_list(positions, "layer positions")
+    for p in listed:
+        if not _is_int(p):
+            raise UsageError(f"layer position {p!r} is not an integer")
+    if len(set(listed)) != len(listed):
+        raise UsageError(f"layer positions repeat: {listed}")
+    pos = set(listed)
+    if not _is_int(times) or times < 1:
+        raise UsageError(f"times must be a whole number of at least 1, not {times!r}")
     bad = sorted(p for p in pos if not 0 <= p < n)
     if bad:
         raise UsageError(f"layer positions {bad} are out of range 0..{n - 1}")
@@ -163,6 +169,9 @@ def plan_repeat(n: int, positions: Iterable[int] | int, times: int = 2) -> list[
 
 def plan_without(n: int, start: int, count: int) -> list[int]:
     """The plan skipping ``count`` contiguous layers from ``start`` (Gromov et al.'s pruning)."""
+    for what, v in (("start", start), ("count", count)):
+        if not _is_int(v):
+            raise UsageError(f"the window's {what} must be a whole number, not {v!r}")
     if count < 1 or start < 0 or start + count > n:
         raise UsageError(f"window {start}..{start + count - 1} is not within layers 0..{n - 1}")
     if count >= n:

@@ -12,7 +12,7 @@ batch size can differ in the last bits).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -22,7 +22,16 @@ from tqdm.auto import tqdm
 
 from ablate._infra.errors import UsageError
 from ablate.data import normalize
-from ablate.interventions.edits import _gated, check_gain, check_order, reorder, swapped
+from ablate.interventions.edits import (
+    _as_list,
+    _gated,
+    _is_int,
+    _real,
+    check_gain,
+    check_order,
+    reorder,
+    swapped,
+)
 from ablate.measures import Outcome, evaluate, outcome
 from ablate.models.blocks import Block, Glue, chain, restore_flags, train_flags
 
@@ -42,15 +51,23 @@ class Variant:
 
     @staticmethod
     def deleting(indices: Sequence[int] | int) -> Variant:
-        idx = [indices] if isinstance(indices, int) else sorted(indices)
-        return Variant(tuple((int(i), 0.0) for i in idx))
+        idx = [indices] if _is_int(indices) else _as_list(indices, "block indices")
+        _check_positions(idx)
+        return Variant(tuple((int(i), 0.0) for i in sorted(idx)))
 
     @staticmethod
     def scaling(factors: dict[int, float]) -> Variant:
-        return Variant(tuple(sorted((int(i), float(f)) for i, f in factors.items())))
+        if not isinstance(factors, Mapping):
+            raise UsageError(f"scale factors must map block indices to factors, not "
+                             f"{type(factors).__name__}")
+        _check_positions(list(factors))
+        return Variant(tuple(sorted((int(i), _real(f, f"scale factor of block {i}"))
+                                    for i, f in factors.items())))
 
     @staticmethod
     def reordered(order: Sequence[int]) -> Variant:
+        order = _as_list(order, "the order")
+        _check_positions(order, "order entry")
         return Variant(order=tuple(int(i) for i in order))
 
     def gain(self, pos: int) -> float:
@@ -70,9 +87,21 @@ class Variant:
         return min(changed) if changed else None
 
 
+def _check_positions(idx: Sequence, what: str = "block index") -> None:
+    for i in idx:
+        if not _is_int(i) or i < 0:
+            raise UsageError(f"{what} {i!r} is not an integer >= 0")
+    if what == "block index" and len(set(idx)) != len(idx):
+        raise UsageError(f"block indices repeat: {list(idx)}")
+
+
 def validate(variant: Variant, units: Sequence[Block]) -> None:
     """Refuse what the interventions would refuse: bad positions, gains or orders."""
+    if not isinstance(variant, Variant):
+        raise UsageError(f"a variant must be a Variant, not {type(variant).__name__}")
     n = len(units)
+    positions = [p for p, _ in variant.gains]
+    _check_positions(positions)
     for p, g in variant.gains:
         if not 0 <= p < n:
             raise UsageError(f"unit {p} is out of range: this model has units 0..{n - 1}")

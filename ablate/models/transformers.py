@@ -133,9 +133,13 @@ class _BranchGate(nn.Module):
     a ``cell`` shares one draw per layer call: the first branch draws, the second reuses it. The
     branch is not computed where the gain is 0, except for cached attention (``run_at_zero``),
     which must still write its KV-cache slot.
+
+    It takes over the hooks of the module it stands in for (``interventions.swapped`` shares
+    them) and runs that module without them, so a user's hook fires once per forward.
     """
 
     is_intervention = True
+    takes_hooks = True
 
     def __init__(
         self, inner: nn.Module, gain, tuple_out: bool, run_at_zero: bool,
@@ -166,7 +170,7 @@ class _BranchGate(nn.Module):
         if isinstance(g, float) and g == 0.0 and not self._run_at_zero:
             z = torch.zeros_like(x)
             return (z, None) if self._tuple else z
-        out = self.inner(*args, **kwargs)
+        out = self.inner.forward(*args, **kwargs)  # its hooks are this wrapper's
         o = out[0] if self._tuple else out
         if isinstance(g, float):
             if g == 0.0:
