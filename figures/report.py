@@ -18,12 +18,14 @@ from ablate import models
 from ablate._infra.io import write_text
 from ablate.models import checkpoint
 from ablate.models.blocks import blocks
-from analyses import registry
+from analyses import delete_block, drop_blocks, registry, reorder_blocks
+from analyses.deletion import whole_blocks
 from analyses.plan import Plan
 from analyses.training_curves import HUANG_2016
-from analyses.verdicts import Finding, pct, read, units
+from analyses.verdicts import ALPHA, EQUIVALENCE_MARGIN, Finding, pct, read, units
 
-__all__ = ["Finding", "devices", "findings", "networks_named", "wall_seconds", "write_report"]
+__all__ = ["Finding", "devices", "ensemble_answers", "findings", "networks_named",
+           "transformer_section", "wall_seconds", "write_report"]
 
 # Quoted from the papers (see shared REFERENCES.md); never measured here.
 HE_2015 = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97,
@@ -68,8 +70,8 @@ def _by_analysis(root: Path) -> list[tuple[str, Finding]]:
 
 
 def wall_seconds(run: dict) -> dict[str, float]:
-    """Each analysis' wall time from run.json: the timed invocations' sum, plus
-    ``wall_seconds_untimed`` (time read from the log of invocations whose stop went uncounted)."""
+    """Each analysis' wall time from run.json, summed over its invocations (an older run.json's
+    ``wall_seconds_untimed``, time recovered for invocations it did not time, is added in)."""
     total = dict(run.get("wall_seconds_total", run.get("wall_seconds", {})))
     for k, v in run.get("wall_seconds_untimed", {}).items():
         total[k] = float(total.get(k, 0.0)) + float(v)
@@ -214,6 +216,142 @@ def _plan(run: dict) -> list[str]:
                                  *(f"- Plan note: {n}" for n in p.notes)]
 
 
+# --- Transformers beside a ResNet: do a ViT's blocks behave like an ensemble? ------------------
+
+REFERENCE = "resnet56"  # the ResNet of the same run, measured alike on the same images
+ENSEMBLE_FACTOR = 2  # "much like its ensemble": median single-deletion damage at most twice its
+_BRANCH = {"attn": "attention", "mlp": "MLP"}
+
+
+def _vits(root: Path) -> tuple[list[str], pd.DataFrame, pd.DataFrame] | None:
+    """The transformers of the single-deletion table, its whole-block rows and its branch rows
+    (``delete_block --branches``); None when it holds no transformer."""
+    path = root / "results" / delete_block.EXPERIMENT.name / "results.csv"
+    if not path.exists():
+        return None
+    df = pd.read_csv(path, usecols=lambda c: c not in ("correct", "intact_correct"))
+    vits = [m for m, d in df.groupby("model", sort=False)
+            if "vit" in set(d.family) or models.family(m, default="") == "vit"]
+    if not vits:
+        return None
+    whole = whole_blocks(df)
+    return vits, whole, df.drop(whole.index)
+
+
+def transformer_section(root: Path) -> list[str]:
+    """REPRODUCTION.md's section on the transformers: each one's single-block deletions block by
+    block (and branch by branch), then :func:`ensemble_answers`; none without a transformer."""
+    found = _vits(root)
+    if found is None:
+        return []
+    vits, whole, branches = found
+    lines = ["", "## Do a ViT's blocks behave like an ensemble?", ""]
+    for m in vits:
+        d = delete_block.deletion_tests(whole[whole.model == m].sort_values("block"))
+        eq = d.equivalent.tolist()
+        worst = d.loc[d.error_change.idxmax()]
+        lines += [f"`{m}` (intact {d.intact_error.iloc[0]:.2%} test error, "
+                  f"{int(d.n_images.iloc[0]):,} images of `{d.dataset.iloc[0]}`): {sum(eq)} of "
+                  f"{len(d)} blocks equivalent to the intact net within "
+                  f"±{100 * EQUIVALENCE_MARGIN:g} point when deleted alone; {int(d.hurts.sum())} "
+                  f"raise its error significantly (exact McNemar, Holm over {len(d)} blocks, "
+                  f"p < {ALPHA:g}); the most fragile is {worst.block_name} "
+                  f"({100 * worst.error_change:+.2f} points).", "",
+                  "| block deleted | error | change (points) | 95% paired interval | p (Holm) | "
+                  f"within ±{100 * EQUIVALENCE_MARGIN:g} point |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r.block_name} | {r.error:.2%} | {100 * r.error_change:+.2f} | "
+                  f"{100 * r.change_low:+.2f} to {100 * r.change_high:+.2f} | {r.p_holm:.2g} | "
+                  f"{'yes' if e else 'no'} |" for r, e in zip(d.itertuples(), eq, strict=True)]
+        lines.append("")
+        lines += _branch_lines(d, branches[branches.model == m])
+    return lines + _answers(root, vits, whole, branches)
+
+
+def ensemble_answers(root: Path) -> list[str]:
+    """One paragraph per transformer of ``root``'s tables: do its blocks behave like an ensemble
+    (as ``REFERENCE``'s do), and which are fragile? Empty when no transformer was measured."""
+    found = _vits(root)
+    return [] if found is None else _answers(root, *found)
+
+
+def _answers(root: Path, vits: list[str], whole: pd.DataFrame, branches: pd.DataFrame
+             ) -> list[str]:
+    def single(m: str) -> pd.DataFrame:
+        d = delete_block.deletion_tests(whole[whole.model == m].sort_values("block"))
+        return d[~d.downsample.astype(bool)]
+
+    def sweep(name: str, extra: tuple[str, ...] = ()) -> pd.DataFrame | None:
+        path = root / "results" / name / "results.csv"
+        return pd.read_csv(path, usecols=["model", "family", "k", "error", "n_images", *extra]
+                           ) if path.exists() else None
+
+    drops = sweep(drop_blocks.EXPERIMENT.name, ("n_candidates",))
+    orders = sweep(reorder_blocks.EXPERIMENT.name)
+    ref = REFERENCE if REFERENCE in set(whole.model) else None
+    out = []
+    for m in vits:
+        d = single(m)
+        worst = d.loc[d.error_change.idxmax()]
+        text = (f"**Answer for `{m}`.** Deleting one of its {len(d)} blocks costs "
+                f"{100 * d.error_change.median():+.2f} points at the median, and "
+                f"{int(d.equivalent.sum())} of {len(d)} are equivalent to the intact net within "
+                f"±{100 * EQUIVALENCE_MARGIN:g} point")
+        if ref:
+            r = single(ref)
+            text += (f" (`{ref}`: {100 * r.error_change.median():+.2f} at the median over its "
+                     f"{len(r)} non-downsampling blocks, {int(r.equivalent.sum())} equivalent)")
+        text += (f". The fragile block is {worst.block_name} "
+                 f"({100 * worst.error_change:+.2f} points)")
+        b = branches[(branches.model == m) & (branches.layer == worst.block)] if (
+            "layer" in branches) else branches.iloc[:0]
+        if len(b) == 2:
+            by = {r.branch: 100 * r.error_change for r in b.itertuples()}
+            text += (f", and it is fragile through its {_BRANCH[max(by, key=by.get)]} branch "
+                     f"(attention alone {by['attn']:+.2f}, MLP alone {by['mlp']:+.2f})")
+        text += "."
+        if drops is not None and (drops.model == m).any():
+            s = drop_blocks.summary(drops[drops.model == m]).sort_values("k")
+            e = s.mean_error.to_numpy()
+            text += (f" Error rises with every further block deleted ({100 * e[0]:.1f}% intact "
+                     f"to {100 * e[-1]:.1f}% with all {int(s.k.iloc[-1])} gone, on "
+                     f"{int(drops.n_images.iloc[0]):,} images), in steps of up to "
+                     f"{100 * (e[1:] - e[:-1]).max():.1f} points")
+        if orders is not None and {m, ref} <= set(orders.model):
+            one = orders[orders.k <= 1].groupby(["model", "k"]).error.mean()
+            text += (f"; one swap of two blocks costs {100 * (one[m, 1] - one[m, 0]):+.1f} "
+                     f"points (`{ref}`: {100 * (one[ref, 1] - one[ref, 0]):+.1f})")
+        if ref:  # judged against the ResNet measured alike, not against a typed-in number
+            ensemble = (d.error_change.median()
+                        <= ENSEMBLE_FACTOR * single(ref).error_change.median())
+            text += (f"; so its blocks behave much like {ref}'s ensemble" if ensemble else
+                     "; so its blocks do not behave like an ensemble of shallow paths as "
+                     f"`{ref}`'s do: each one matters, and their order matters")
+        out += ["", f"{text}."]
+    return out[1:]
+
+
+def _branch_lines(whole: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
+    """Each layer's whole-block deletion beside deleting its attention or its MLP branch alone,
+    Holm over the model's branches; none without branch rows."""
+    if rows.empty:
+        return []
+    d = delete_block.deletion_tests(rows.sort_values("block"))
+    worst = d.loc[d.error_change.idxmax()]
+    cell = {(int(r.layer), r.branch): f"{100 * r.error_change:+.2f}{'*' if h else ''}"
+            for r, h in zip(d.itertuples(), d.hurts, strict=True)}
+    lines = [f"Deleting one branch alone (`--branches`): {int(d.equivalent.sum())} of {len(d)} "
+             f"branches equivalent to the intact net within ±{100 * EQUIVALENCE_MARGIN:g} point, "
+             f"{int(d.hurts.sum())} raise its error significantly (exact McNemar, Holm over "
+             f"{len(d)} branches, p < {ALPHA:g}; marked *); the most fragile is "
+             f"{worst.block_name} ({100 * worst.error_change:+.2f} points).", "",
+             "| layer | whole block deleted (points) | attention branch only | MLP branch only |",
+             "|---|---|---|---|"]
+    for r in whole.itertuples():
+        attn, mlp = (cell.get((r.block, br), "n/a") for br in ("attn", "mlp"))
+        lines.append(f"| {r.block} | {100 * r.error_change:+.2f} | {attn} | {mlp} |")
+    return [*lines, ""]
+
+
 def write_report(root: str | Path) -> Path:
     """Regenerate ``root/REPRODUCTION.md`` from the tables under ``root/results``."""
     root = Path(root)
@@ -224,7 +362,6 @@ def write_report(root: str | Path) -> Path:
              for m in [read(root, a)[1]] if m]
     m0 = metas[0] if metas else {}
     data = m0.get("data", {})
-    untimed = run.get("wall_seconds_untimed", {})
     lines = [
         "# Reproduction report",
         "",
@@ -237,10 +374,7 @@ def write_report(root: str | Path) -> Path:
         f"versions: torch {m0.get('versions', {}).get('torch')}",
         f"- Code: commit {m0.get('git_commit')}; generated {m0.get('utc')}",
         "- Wall time per analysis (min, summed over resumed invocations): "
-        + ", ".join(f"{k} {float(v) / 60:.1f}" + (
-            f" ({float(untimed[k]) / 60:.1f} of it read from the progress bars of invocations "
-            "stopped before stops were timed)" if k in untimed else "")
-            for k, v in wall_seconds(run).items()),
+        + ", ".join(f"{k} {float(v) / 60:.1f}" for k, v in wall_seconds(run).items()),
         *_plan(run),
         "",
         *([("The data set is a JPEG (quality 75) copy of CIFAR-10: absolute errors are not "
@@ -264,6 +398,7 @@ def write_report(root: str | Path) -> Path:
         lines.append(f"| {f.section} | {f.claim} | {f.ours} | **{f.verdict}** | {f.criterion} "
                      f"| {f.measured or _measured(root, f.table or a, run)} |")
     lines += differences([f for _, f in found])
+    lines += transformer_section(root)
     lines += _sizes(run)
     figs = sorted(str(p.relative_to(root)) for p in root.glob("results/*/*.png"))
     if figs:

@@ -3,10 +3,11 @@
 Reads each bundled entry of ``ablate.models.weights.WEIGHTS`` from a folder of the original files
 (``akamaster/*.th``, ``a-martyn/*.pt``, each with its LICENSE), checks its sha256, converts the
 keys, evaluates it on the bundled pristine CIFAR-10 test split and writes
-``ablate/checkpoints/NAME.{safetensors,json}`` with the measured error in the card. It stops if a
-measured error differs from the one recorded in the registry. Usage:
+``NAME.{safetensors,json}`` with the measured error in the card into ``--out`` (the package's
+folder is ``ablate/checkpoints`` of this checkout). It stops if a measured error differs from the
+one recorded in the registry. Usage:
 
-    python scripts/convert_zoo.py [ZOO_DIR]        # default: ../shared/pretrained
+    python scripts/convert_zoo.py ZOO_DIR --out OUT_DIR
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ from ablate import data
 from ablate._infra.io import sha256_file
 from ablate.models import checkpoint, weights
 
-ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"akamaster": "akamaster", "a-martyn": "a-martyn"}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("zoo", nargs="?", default=str(ROOT.parent / "shared" / "pretrained"))
+    ap.add_argument("zoo", type=Path, help="folder of akamaster/ and a-martyn/ with the originals")
+    ap.add_argument("--out", required=True, type=Path, help="folder to write the checkpoints into")
     args = ap.parse_args()
-    zoo, out = Path(args.zoo), checkpoint.BUNDLED_DIR
+    zoo, out = args.zoo, args.out
+    out.mkdir(parents=True, exist_ok=True)
     ds = data.load(None, "test", quiet=True)
     for w in weights.WEIGHTS.values():
         if not w.bundled:

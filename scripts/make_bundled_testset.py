@@ -5,9 +5,10 @@ interleaved), are tiled row by row into one 3200 x 3200 lossless WebP (17.0 MB; 
 packs to 22.5 MB, one PNG grid to 21.5 MB) that decodes in a quarter of a second. The manifest
 beside it holds the labels, the class names and the sha256 of the decoded image and label
 tensors; the script checks that the WebP decodes bitwise to the tensor decoded from the archive.
-Usage:
+It writes only where ``--out`` says; to replace the split the package ships, name its folder
+(``ablate/assets`` of this checkout) and commit the result. Usage:
 
-    python scripts/make_bundled_testset.py [SRC.tar.gz] [OUT_DIR]
+    python scripts/make_bundled_testset.py cifar10-png.tar.gz --out OUT_DIR
 """
 
 from __future__ import annotations
@@ -24,14 +25,12 @@ from ablate._infra.io import atomic_write, sha256_file, write_json
 from ablate.data import bundled
 from ablate.data import load as load_data
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SRC = "/work/shared/data/cifar10-png.tar.gz"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("src", nargs="?", default=DEFAULT_SRC, help="cifar10-png.tar.gz")
-    ap.add_argument("out", nargs="?", default=str(bundled.ASSETS), help="folder to write into")
+    ap.add_argument("src", help="cifar10-png.tar.gz (the pristine PNG archive)")
+    ap.add_argument("--out", required=True, type=Path,
+                    help="folder to write the WebP and its manifest into (created if missing)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as cache:  # decode afresh, never from a cache
         ds = load_data(args.src, "test", cache_dir=cache, quiet=True)
@@ -42,7 +41,8 @@ def main() -> None:
     Image.fromarray(np.ascontiguousarray(grid)).save(
         buf, "WEBP", lossless=True, quality=100, method=6, exact=True
     )
-    out = Path(args.out)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     webp = out / bundled.WEBP
     atomic_write(webp, lambda p: p.write_bytes(buf.getvalue()))
     manifest = {

@@ -12,7 +12,7 @@ cells = [
        "attributions predict what deletion does. Every step is the library API the commands "
        "use. The parameters below come from the environment so the test suite can run this "
        "notebook on a tiny model; by default it uses the bundled `resnet20` and `plain20` and "
-       "the bundled `cifar10-jpeg` test split."),
+       "the bundled pristine CIFAR-10 test split."),
     code("import os\n\n"
          "import matplotlib.pyplot as plt\n"
          "import pandas as pd\n"
@@ -21,7 +21,7 @@ cells = [
          "from ablate import data\nfrom ablate.measures import paths as path_stats\n\n"
          "RESNET = os.environ.get('ABLATE_TOUR_RESNET', 'resnet20')\n"
          "PLAIN = os.environ.get('ABLATE_TOUR_PLAIN', 'plain20')\n"
-         "DATA = os.environ.get('ABLATE_TOUR_DATA')  # None: the bundled cifar10-jpeg test split\n"
+         "DATA = os.environ.get('ABLATE_TOUR_DATA')  # None: the bundled CIFAR-10 test split\n"
          "LIMIT = int(os.environ.get('ABLATE_TOUR_LIMIT', '1000'))\n"
          "device = 'cuda' if torch.cuda.is_available() else 'cpu'"),
     md("## Load a network and its data\n\n`ablate.load` finds bundled checkpoints by name "
@@ -85,6 +85,8 @@ cells = [
          "print(f'Spearman rho = {rho:.2f} (p = {p:.2g}) over {len(att)} blocks')\n"
          "assert not any(m._forward_hooks for m in net.model.modules())  # captum cleaned up"),
 ]
+for i, cell in enumerate(cells):  # stable ids: regenerating changes only what changed
+    cell["id"] = f"cell-{i:02d}"
 nb = nbf.v4.new_notebook(cells=cells, metadata={
     "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
     "language_info": {"name": "python"},
