@@ -7,6 +7,11 @@ Several processes may write one file (two commands into one ``--out``): every ``
 lock file beside the table, re-reads what is on disk, merges its rows in and writes the whole
 table atomically, so no finished row is lost. What is read is validated: a row cut short (a
 truncated file) is dropped and recomputed; a file that is not such a table is refused.
+
+A table knows which experiment wrote it: its key columns are kept beside it in ``.<name>.key``
+(JSON), and a table whose key is another's (a delete_block folder passed to degradation) is
+refused in one line. A table written before that file existed is taken as it is, and gets one
+at its next write. A write that fails (a full disk) is one line; the table on disk stays whole.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -59,6 +65,7 @@ class Table:
         for c, v in DEFAULT_KEY.items():
             if c in self.key and c not in df.columns:
                 df[c] = v
+        self._check_key()
         lacking = [c for c in self.key if c not in df.columns]
         if lacking:
             raise UsageError(
@@ -71,6 +78,38 @@ class Table:
             print(f"table: dropped {dropped} broken row(s) of {self.path} (cut short or "
                   "incomplete); they are recomputed", file=sys.stderr)
         return df[~broken].reset_index(drop=True)
+
+    def _key_path(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.key")
+
+    def _check_key(self) -> None:
+        """Refuse a table whose recorded key is another experiment's (key columns added since
+        a table was written do not count: such a table is this experiment's, older)."""
+        try:
+            stored = json.loads(self._key_path().read_text()).get("key")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            return  # none (an older table) or unreadable: rewritten at the next write
+        if not isinstance(stored, list):
+            return
+        later = set(OPTIONAL_KEY) | set(DEFAULT_KEY)
+        if set(map(str, stored)) - later != set(self.key) - later:
+            raise UsageError(
+                f"{self.path} is a results table of another experiment (its key is "
+                f"{', '.join(map(str, stored))}; this command's is {', '.join(self.key)}): pass "
+                "another --out, or move the file away"
+            )
+
+    def _write(self) -> None:
+        """The table and its key file, atomically; a failure (a full disk) is one line."""
+        buf = io.StringIO()
+        self.df.to_csv(buf, index=False)
+        _guard(self.path, lambda: write_text(self.path, buf.getvalue()))
+        key = json.dumps({"key": self.key}) + "\n"
+        kp = self._key_path()
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            if kp.read_text() == key:
+                return
+        _guard(self.path, lambda: write_text(kp, key))
 
     def _keys(self) -> set[tuple]:
         if self.df.empty:
@@ -98,11 +137,9 @@ class Table:
         if self.path is None:
             self.df = _merge(self.df, new, self.key)
             return
-        with locked(self.path):  # another process may have added rows since we read
+        with _guarded_lock(self.path):  # another process may have added rows since we read
             self.df = _merge(self._read_quiet(), new, self.key)
-            buf = io.StringIO()
-            self.df.to_csv(buf, index=False)
-            write_text(self.path, buf.getvalue())
+            self._write()
 
     def replace(self, rows: pd.DataFrame, by: Sequence[str] = ("model",)) -> None:
         """Write ``rows`` in place of the rows with the same ``by`` values (a derived table
@@ -119,11 +156,9 @@ class Table:
         if self.path is None:
             self.df = pd.concat([kept(self.df), rows], ignore_index=True)
             return
-        with locked(self.path):
+        with _guarded_lock(self.path):
             self.df = pd.concat([kept(self._read()), rows], ignore_index=True)
-            buf = io.StringIO()
-            self.df.to_csv(buf, index=False)
-            write_text(self.path, buf.getvalue())
+            self._write()
 
     def _read_quiet(self) -> pd.DataFrame:
         try:
@@ -218,6 +253,36 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def _full(path: Path, e: OSError) -> UsageError:
+    why = e.strerror or " ".join(str(e).split()) or type(e).__name__
+    return UsageError(
+        f"cannot write {path} ({why}): free space on that disk (or pass another --out) and "
+        "rerun; the table on disk is as it was before this batch, and a rerun resumes from it"
+    )
+
+
+def _guard(path: Path, write) -> None:
+    """Run ``write``; an OSError (no space left, no permission) becomes one line."""
+    try:
+        write()
+    except OSError as e:
+        raise _full(path, e) from None
+
+
+@contextlib.contextmanager
+def _guarded_lock(path: Path) -> Iterator[None]:
+    """``locked``, with a lock file that cannot be made (a full disk) as one line."""
+    cm = locked(path)
+    try:
+        cm.__enter__()
+    except OSError as e:
+        raise _full(path, e) from None
+    try:
+        yield
+    finally:
+        cm.__exit__(None, None, None)
+
+
 def _norm(v: object) -> object:
     """Compare CSV round-tripped values with fresh ones (ints, floats, bools, strings)."""
     if isinstance(v, bool):
@@ -230,4 +295,4 @@ def _norm(v: object) -> object:
 
 
 def write_meta(path: str | Path, meta: dict) -> None:
-    write_json(path, meta)
+    _guard(Path(path), lambda: write_json(path, meta))
