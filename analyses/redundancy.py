@@ -9,12 +9,19 @@ between the window's input and its output; per block (or window), the damage of 
 window: all its blocks at once), from the batched engine: the error change and the mean per-image
 loss change against the intact net. Per measure: Spearman's rho between the block means of
 measure and damage, with a percentile bootstrap interval over images (measure and damage
-resampled together). Blocks and windows that change the feature shape have no cosine and are left
-out of the correlation (``in_correlation``); their damage is still reported.
+resampled together: how precisely the block means are known, not whether the ranking holds over
+blocks). The verdicts test the claims over the units they are about: a permutation test of rho
+over the blocks (or windows), refused below ``MIN_RANKED_UNITS`` of them, and the pruning rule
+itself: the quarter of the blocks with the lowest BI deleted together, against as many random
+blocks and the as many cheapest (the oracle). Blocks and windows that change the feature shape
+have no cosine and are left out of the correlation (``in_correlation``); their damage is still
+reported.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +35,7 @@ from ablate._infra.errors import UsageError
 from ablate.data import Dataset, normalize
 from ablate.interventions.variants import Variant, evaluate_variants
 from ablate.measures.redundancy import rank_correlation, redundancy
+from ablate.measures.stats import spearman_permutation
 from ablate.models.blocks import blocks, eval_mode
 from ablate.models.checkpoint import Loaded
 from analyses import command
@@ -37,7 +45,15 @@ from analyses.plan import Plan, Settings
 from analyses.registry import Experiment, Result
 from analyses.sweep import resume
 from analyses.table import Table
-from analyses.verdicts import Finding, fig, read
+from analyses.verdicts import (
+    ALPHA,
+    MIN_RANKED_UNITS,
+    Finding,
+    fig,
+    judged,
+    points,
+    read,
+)
 
 __all__ = ["EXPERIMENT", "KEY", "MEASURES", "run", "specs"]
 
@@ -45,6 +61,31 @@ KEY = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "data_sha25
        "n_boot", "measure", "n", "block")
 MEASURES = ("block_influence", "contribution_ratio", "angular_distance")
 DAMAGES = ("error", "loss")
+PRUNE_MEASURE = "prune_block_influence"  # rows of ShortGPT's rule: n = blocks deleted together
+PRUNE_SHARE = 0.25  # ShortGPT deletes about a quarter of the layers
+PRUNE_DRAWS = 20  # random sets against the rule's pick: its p can reach 1/21 < 0.05
+
+
+def prune_size(n_units: int) -> int:
+    """Blocks deleted together by the pruning rule: a quarter of the shape-keeping ones, at
+    least one."""
+    return max(1, round(PRUNE_SHARE * n_units))
+
+
+def prune_sets(values: pd.Series, damage: pd.Series, m: int, draws: int = PRUNE_DRAWS,
+               seed: int = 0) -> list[tuple[str, list[int]]]:
+    """(rule, blocks) to delete together: "lowest" (the m blocks of lowest BI, ``values``
+    indexed by block), "oracle" (the m cheapest to delete one at a time, ``damage``), then
+    every set of m blocks ("every") where there are at most ``draws``, else ``draws`` random
+    ones ("random", drawn from a generator keyed by (seed, m, draw))."""
+    cands = sorted(int(b) for b in values.index)
+    lowest = sorted(int(b) for b in values.sort_values(kind="stable").index[:m])
+    oracle = sorted(int(b) for b in damage.loc[cands].sort_values(kind="stable").index[:m])
+    out = [("lowest", lowest), ("oracle", oracle)]
+    if math.comb(len(cands), m) <= draws:
+        return out + [("every", list(c)) for c in itertools.combinations(cands, m)]
+    return out + [("random", sorted(int(b) for b in np.random.default_rng([seed, m, j]).choice(
+        cands, size=m, replace=False))) for j in range(draws)]
 
 
 def specs(n_blocks: int, windows: Sequence[int]) -> list[tuple[str, int]]:
@@ -73,11 +114,16 @@ def run(
     table: Table | None = None,
     batch_size: int = 256,
     progress: bool = True,
+    prune: bool = True,
 ) -> pd.DataFrame:
     """Every measure of every block (and window) of ``loaded`` beside its deletion damage, and
-    each measure's rank correlation with the damage (the same on every row of that measure).
+    each measure's rank correlation with the damage (the same on every row of that measure);
+    with ``prune``, also ShortGPT's rule itself (rows of measure ``PRUNE_MEASURE``): the
+    :func:`prune_size` blocks of lowest BI deleted together, beside as many random blocks and
+    the as many cheapest ones (:func:`prune_sets`).
 
-    All of a model's rows are measured together, so a rerun reuses them or measures them all.
+    All of a model's measure rows are measured together, so a rerun reuses them or measures them
+    all; the pruning rows are measured after them, from their means, and resume alike.
     """
     units = blocks(loaded.model)
     plain = [u.name for u in units if u.kind != "residual"]
@@ -95,7 +141,42 @@ def run(
     def measure(todo: list[dict]) -> list[dict]:
         return _measure(loaded, ds, plan, keys, n_boot, seed, batch_size, progress)
 
-    return resume(table, keys, measure, what=f"{loaded.name} redundancy", group=len(keys))
+    got = resume(table, keys, measure, what=f"{loaded.name} redundancy", group=len(keys))
+    if not prune:
+        return got
+    bi = got[(got.measure == "block_influence") & got.in_correlation.astype(bool)]
+    if bi.empty:
+        return got
+    size = prune_size(len(bi))
+    sets = prune_sets(bi.set_index("block").value, bi.set_index("block").error_change, size,
+                      seed=seed)
+    pkeys = [{**base, "seed": seed, "n_boot": n_boot, "measure": PRUNE_MEASURE, "n": size,
+              "block": j} for j in range(len(sets))]
+
+    def measure_prune(todo: list[dict]) -> list[dict]:
+        return _prune(loaded, ds, sets, pkeys, batch_size, progress)
+
+    rules = resume(table, pkeys, measure_prune, what=f"{loaded.name} pruning rule",
+                   group=len(pkeys))
+    return pd.concat([got, rules], ignore_index=True)
+
+
+def _prune(loaded: Loaded, ds: Dataset, sets: list[tuple[str, list[int]]], keys: list[dict],
+           batch_size: int, progress: bool) -> list[dict]:
+    """Delete each set together; its error and mean per-image loss change against the intact
+    net, one row per set (``block`` is the set's index, ``rule`` what chose it)."""
+    units = blocks(loaded.model)
+    outs = evaluate_variants(loaded.model, ds.images, ds.labels,
+                             [Variant()] + [Variant.deleting(b) for _, b in sets],
+                             mean=loaded.mean, std=loaded.std, batch_size=batch_size,
+                             progress=progress, desc=f"{loaded.name} pruning rule")
+    intact = outs[0]
+    return [{**k, "rule": rule, "deleted": " ".join(map(str, b)),
+             "name": " ".join(units[i].name for i in b), "downsample": False,
+             "value": float("nan"), "error_change": o.error - intact.error,
+             "loss_change": float((o.loss.double() - intact.loss.double()).mean()),
+             "intact_error": intact.error, "in_correlation": False}
+            for k, (rule, b), o in zip(keys, sets, outs[1:])]
 
 
 def _measure(loaded: Loaded, ds: Dataset, plan: list[tuple[str, int]], keys: list[dict],
@@ -156,12 +237,84 @@ _CLAIMS = {
     "block_influence": (
         "Men et al. 2024 (ShortGPT)",
         "A block whose output barely differs from its input (low Block Influence, 1 - cos(x, y)) "
-        "can be deleted at little cost: BI ranks blocks by deletion damage."),
+        "can be deleted at little cost: BI ranks blocks by deletion damage, and deleting the "
+        "blocks of lowest BI costs less than deleting as many others."),
     "angular_distance": (
         "Gromov et al. 2024",
         "The n-block window with the smallest angular distance between its input and output is "
         "the cheapest to delete: the distance ranks windows by deletion damage."),
 }
+MIN_RULE_SETS = round(1 / ALPHA)  # a rule's pick ranked among fewer sets cannot reach p < alpha
+
+
+def rule_test(picked: float, others: np.ndarray, drawn: bool) -> tuple[float, int]:
+    """(p, sets): how often a set deletes at most as much as the rule's pick; ``others`` are
+    random draws (Monte Carlo p, the pick counted in) or every set (exact, the pick among
+    them)."""
+    hits = int((np.asarray(others) <= picked + 1e-12).sum())
+    if drawn:
+        return (1 + hits) / (1 + len(others)), len(others) + 1
+    return hits / len(others), len(others)
+
+
+def _rank_part(m: pd.DataFrame, what: str) -> tuple[bool | None, str]:
+    ok = m[m.in_correlation.astype(bool)] if "in_correlation" in m else m
+    r, p, exact = spearman_permutation(ok.value, ok.error_change)
+    text = (f"rho = {r:.2f} over {len(ok)} {what}, {'exact' if exact else 'Monte Carlo'} "
+            f"permutation p = {p:.2g}")
+    if len(ok) < MIN_RANKED_UNITS or np.isnan(p):
+        return None, (f"{len(ok)} shape-keeping {what}: fewer than {MIN_RANKED_UNITS}, too few "
+                      "to rank")
+    return bool(p < ALPHA and r > 0), text
+
+
+def _prune_part(model: str, m: pd.DataFrame, prune: pd.DataFrame) -> tuple[bool | None, str]:
+    """ShortGPT's rule: the m lowest-BI blocks against m random blocks and the m cheapest."""
+    ok = m[m.in_correlation.astype(bool)]
+    if not prune.empty:
+        size = int(prune.n.iloc[0])
+        pick = prune[prune.rule == "lowest"].error_change
+        oracle = prune[prune.rule == "oracle"].error_change
+        rand = prune[prune.rule.isin(("random", "every"))].error_change.to_numpy(dtype=float)
+        drawn = bool((prune.rule == "random").any())
+        if pick.empty or not rand.size:
+            return None, "pruning rows incomplete"
+        p, sets = rule_test(float(pick.iloc[0]), rand, drawn)
+        oracle_text = f"{points(float(oracle.iloc[0]))}" if len(oracle) else "n/a"
+    else:  # one block: every single deletion is in the table already (exact)
+        if ok.empty:
+            return None, "no blocks"
+        size = 1
+        low = ok.sort_values(["value", "block"]).iloc[0]
+        rand = ok.error_change.to_numpy(dtype=float)
+        p, sets = rule_test(float(low.error_change), rand, False)
+        pick = pd.Series([low.error_change])
+        oracle_text = points(float(ok.error_change.min()))
+    text = (f"deleting the {size} lowest-BI block{'s' if size > 1 else ''}: "
+            f"{points(float(pick.iloc[0]))} points; {size} random: mean {points(rand.mean())} "
+            f"over {len(rand)} {'random' if not prune.empty and drawn else 'possible'} sets "
+            f"(share doing at most as little: p = {p:.2g}); the {size} cheapest (oracle): "
+            f"{oracle_text}")
+    if sets < MIN_RULE_SETS:
+        return None, text + f": fewer than {MIN_RULE_SETS} sets, the rule cannot be tested"
+    return bool(p < ALPHA), text
+
+
+def _window_rule(m: pd.DataFrame, n: int) -> tuple[bool | None, str]:
+    """Gromov et al.'s rule: the window of smallest distance against every window."""
+    ok = m[m.in_correlation.astype(bool)]
+    if ok.empty:
+        return None, "no windows"
+    pick = ok.sort_values(["value", "block"]).iloc[0]
+    p, sets = rule_test(float(pick.error_change), ok.error_change.to_numpy(dtype=float), False)
+    text = (f"deleting the closest window (blocks {int(pick.block)}-{int(pick.block) + n - 1}): "
+            f"{points(float(pick.error_change))} points, the mean window "
+            f"{points(ok.error_change.mean())}, the cheapest (oracle) "
+            f"{points(ok.error_change.min())}; share of windows doing at most as little: p = "
+            f"{p:.2g}")
+    if sets < MIN_RULE_SETS:
+        return None, text + f" (fewer than {MIN_RULE_SETS} windows: the rule cannot be tested)"
+    return bool(p < ALPHA), text
 
 
 def verdicts(root: Path) -> list[Finding]:
@@ -175,24 +328,33 @@ def verdicts(root: Path) -> list[Finding]:
         if d.empty:
             continue
         n = int(d.n.max())  # Block Influence: 1; angular distance: the longest window
+        what = "blocks" if n == 1 else f"windows of {n} blocks"
         unit = "a block" if n == 1 else f"a {n}-block window"
-        crit = (f"95% bootstrap interval (over images) of Spearman's rho between {unit}'s mean "
-                f"{measure.replace('_', ' ')} and the error change when it is deleted entirely "
-                "above 0 (shape-changing blocks left out)")
+        crit = (f"over the {what} (the units the claim ranks): (1) Spearman rho between "
+                f"{unit}'s mean {measure.replace('_', ' ')} and the error change when it is "
+                f"deleted, one-sided permutation test over them, p < {ALPHA:g} and rho > 0 (at "
+                f"least {MIN_RANKED_UNITS} shape-keeping units); (2) the pruning rule: "
+                + ("the lowest-BI blocks' deletion damage below that of as many random blocks "
+                   f"(p < {ALPHA:g}; the cheapest blocks shown as the oracle)" if n == 1 else
+                   f"the closest window's damage among the lowest of all windows (p < "
+                   f"{ALPHA:g})")
+                + f"; a part with fewer than {MIN_RULE_SETS} sets or {MIN_RANKED_UNITS} units "
+                "is not judged; all judged parts: holds, some: partly")
         for model, m in d[d.n == n].groupby("model", sort=False):
-            r = m.iloc[0]
-            ours = (f"{model}: rho = {r.rho_error:.2f} [{r.rho_error_low:.2f}, "
-                    f"{r.rho_error_high:.2f}] over {int(r.n_correlated)} "
-                    f"{'blocks' if n == 1 else f'windows of {n} blocks'} (loss change: rho = "
-                    f"{r.rho_loss:.2f} [{r.rho_loss_low:.2f}, {r.rho_loss_high:.2f}]); "
-                    f"{int(r.n_images):,} images, {int(r.n_boot):,} resamples")
-            if int(r.n_correlated) < 3:  # e.g. every 4-block window of resnet20 downsamples
-                ours = (f"{model}: {int(r.n_correlated)} {'blocks' if n == 1 else 'windows'} "
-                        "keep the feature shape: too few to rank")
-                out.append(Finding(section, claim, ours, "not run", crit, fig_))
-                continue
-            verdict = "reproduces" if r.rho_error_low > 0 else "does not reproduce"
-            out.append(Finding(section, claim, ours, verdict, crit, fig_))
+            rank, rank_text = _rank_part(m, what)
+            if n == 1:
+                prune = df[(df.model == model) & (df.measure == PRUNE_MEASURE)]
+                rule, rule_text = _prune_part(model, m, prune)
+            else:
+                rule, rule_text = _window_rule(m, n)
+            parts = [x for x in (rank, rule) if x is not None]
+            outcome = (None if not parts else "holds" if all(parts) else
+                       "partly" if any(parts) else "does not hold")
+            ours = (f"{model}: {rank_text}; {rule_text}; {int(m.n_images.iloc[0]):,} images"
+                    if "n_images" in m else f"{model}: {rank_text}; {rule_text}")
+            out.append(Finding(section, claim, ours,
+                               "not run" if outcome is None else judged(outcome, "extension"),
+                               crit, fig_))
     return out
 
 

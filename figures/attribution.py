@@ -1,6 +1,7 @@
 """Attribution vs lesion damage: one panel per model, one point per deletable block; x the test
 error change when the block is deleted, y the block's attribution (mean over images of sum |A|,
-log scale), one marker per captum method, downsampling blocks hollow; Spearman's rho per method.
+log scale), one marker per captum method, downsampling blocks hollow; Spearman's rho per method
+with its one-sided permutation p over the blocks.
 
     python -m figures.attribution results.csv --out DIR [--note TEXT]
 """
@@ -14,7 +15,7 @@ from os import PathLike
 import numpy as np
 import pandas as pd
 
-from analyses.attribution import spearman
+from ablate.measures.stats import spearman_permutation
 from figures import register, theme
 
 __all__ = ["main", "plot"]
@@ -65,15 +66,18 @@ def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
             ax.plot(x[ds], y[ds], linestyle="none", marker=mk, markersize=5.5,
                     markerfacecolor="white", markeredgecolor=color, markeredgewidth=1.0,
                     gid=f"downsample:{model}:{method}")
-            rho, p = spearman(d["attr_abs"], d["error_change"])
-            lines.append(f"{_LABELS.get(method, method)}: ρ = {rho:.2f} (p = {p:.2g})")
+            rho, p, _ = spearman_permutation(d["attr_abs"], d["error_change"])
+            lines.append(f"{_LABELS.get(method, method)}: ρ = {rho:.2f} (permutation p = "
+                         f"{p:.2g})")
         log = bool((d_model["attr_abs"] > 0).all())
         if log:
             ax.set_yscale("log")
         _headroom(ax, len(lines), log)
         ax.annotate("\n".join(lines), xy=(0.02, 0.98), xycoords="axes fraction", ha="left",
                     va="top", fontsize="x-small", color=theme.NOTE_COLOR)
-        ax.set_title(model, loc="left")
+        layer = d_model["layer"].iloc[0] if "layer" in d_model.columns else "block"
+        ax.set_title(f"{model}, at the {'residual branch' if layer == 'branch' else layer}",
+                     loc="left")
         ax.set_xlabel("error change when deleted (points)")
     axes[0].set_ylabel("attribution, mean sum |A|")
     handles = [Line2D([], [], linestyle="none", marker=_MARKERS.get(m, "D"), markersize=3.5,

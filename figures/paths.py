@@ -78,7 +78,7 @@ def _panel_b(ax, df, styles) -> None:
                             alpha=0.18, linewidth=0)
         ax.plot(k[ok], v[ok], color=color, linestyle=ls, linewidth=1.0, marker=marker,
                 markersize=2.2, markeredgewidth=0, gid=f"magnitude:{model}")
-        if (~ok).any():  # exactly zero (e.g. every ReLU on the path closed): marked on the axis
+        if (~ok).any():  # read as zero (a float32 underflow, or every ReLU closed): on the axis
             ax.plot(k[~ok], np.full((~ok).sum(), 0.0), linestyle="none", marker="v",
                     markersize=4, markerfacecolor="white", markeredgecolor=color,
                     clip_on=False, transform=ax.get_xaxis_transform(), gid=f"zero:{model}")
@@ -89,6 +89,12 @@ def _panel_b(ax, df, styles) -> None:
     ax.set_yscale("log", nonpositive="mask")
     ax.set_ylabel("gradient magnitude per path")
     ax.set_title("(b)", loc="left")
+
+
+def _share(x: float) -> str:
+    """Two significant digits however small (0.027%), as the report prints it."""
+    v = 100 * x
+    return f"{v:.1f}%" if v == 0 or v >= 1 else f"{v:.{1 - int(np.floor(np.log10(v)))}f}%"
 
 
 def _panel_c(ax, df, styles) -> None:
@@ -107,15 +113,16 @@ def _panel_c(ax, df, styles) -> None:
             paths = _kind(df, model, "path_fraction")
             share = paths[paths["k"].between(lo, hi)]["value"].sum()
             who = f"{model}: " if len(styles) > 1 else ""
-            labels.append((f"{who}{lo:.0f}–{hi:.0f} blocks,\n{share:.2%} of paths", color))
+            labels.append((f"{who}{lo:.0f}–{hi:.0f} blocks,\n{_share(share)} of paths", color))
         n = int(d["n_blocks"].iloc[0])
-        if n in _PUBLISHED:
+        if n in _PUBLISHED:  # a range of lengths, no height: drawn on the x axis, not at a y
             a, b = _PUBLISHED[n]
-            y = v.max() * 100 * 1.08
-            ax.plot([a - 0.5, b + 0.5], [y, y], color=theme.FAMILY_COLORS["reference"],
-                    linewidth=1.6, solid_capstyle="butt", gid="published")
-            ax.annotate("Veit et al.", xy=(b + 0.5, y), xytext=(3, 0),
-                        textcoords="offset points", va="center", fontsize="x-small")
+            on_axis = ax.get_xaxis_transform()  # x in data, y in axes fraction
+            ax.plot([a - 0.5, b + 0.5], [0.03, 0.03], color=theme.FAMILY_COLORS["reference"],
+                    linewidth=2.2, solid_capstyle="butt", transform=on_axis, gid="published")
+            ax.annotate(f"Veit et al.: {a}–{b}", xy=(b + 0.5, 0.03), xycoords=on_axis,
+                        xytext=(3, 0), textcoords="offset points", va="center",
+                        fontsize="x-small", color=theme.FAMILY_COLORS["reference"])
     for i, (text, color) in enumerate(labels):
         ax.annotate(text, xy=(0.98, 0.97 - 0.16 * i), xycoords="axes fraction", ha="right",
                     va="top", fontsize="x-small", color=color)
@@ -152,7 +159,7 @@ def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
     if ((df["kind"] == "gradient_magnitude") & (df["value"] == 0)).any():
         handles.append(Line2D([], [], linestyle="none", marker="v", markersize=4,
                               markerfacecolor="white", markeredgecolor=theme.GUIDE_COLOR,
-                              label="exactly zero"))
+                              label="read as 0 (underflow)"))
     fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 5),
                fontsize="small")
     if note:

@@ -1,7 +1,9 @@
 """Redundancy measures against deletion damage: one panel per measure (Block Influence, the
 residual-contribution ratio, the angular distance over the longest window), one point per block
 or window; x the measure's mean over images, y the test error change when that block or window is
-deleted; one colour per model, and each model's Spearman rho with its 95% bootstrap interval.
+deleted; one colour per model, and each model's Spearman rho over the blocks (or windows) with
+its one-sided permutation p-value over them (the units the claims rank; a bootstrap over images
+would only say how precisely each block's mean is known).
 Shape-changing blocks (and windows holding one) have no cosine: they have no point here and are
 left out of the correlation.
 
@@ -16,6 +18,7 @@ from os import PathLike
 
 import pandas as pd
 
+from ablate.measures.stats import spearman_permutation
 from figures import register, theme
 
 __all__ = ["main", "plot"]
@@ -35,7 +38,8 @@ def panels(df: pd.DataFrame) -> list[tuple[str, int]]:
 
 @register("redundancy")
 def plot(df: pd.DataFrame | str | PathLike | Sequence[str], *, note: str | None = None):
-    """Scatter of each measure against deletion damage, labelled with Spearman's rho."""
+    """Scatter of each measure against deletion damage, labelled with Spearman's rho and its
+    permutation p over the units."""
     from matplotlib.lines import Line2D
 
     if isinstance(df, (str, PathLike)):
@@ -61,9 +65,8 @@ def plot(df: pd.DataFrame | str | PathLike | Sequence[str], *, note: str | None 
             x, y = d["value"].to_numpy(float), d["error_change"].to_numpy(float) * 100
             ax.plot(x, y, linestyle="none", marker=_MARKERS[i % len(_MARKERS)], markersize=3.5,
                     color=colors[model], markeredgewidth=0, gid=f"points:{model}:{measure}:{n}")
-            r = d.iloc[0]
-            lines.append(f"{model}: ρ = {r.rho_error:.2f} [{r.rho_error_low:.2f}, "
-                         f"{r.rho_error_high:.2f}]")
+            rho, p, _ = spearman_permutation(d["value"], d["error_change"])
+            lines.append(f"{model}: ρ = {rho:.2f} (p = {p:.2g}, {len(d)} units)")
         ax.annotate("\n".join(lines), xy=(0.03, 0.97), xycoords="axes fraction", ha="left",
                     va="top", fontsize="x-small", color=theme.NOTE_COLOR)
         lo, hi = ax.get_ylim()

@@ -219,6 +219,7 @@ def path_gradient(
 
     The image batch is repeated ``samples`` times along the batch dimension and run in chunks of
     at most ``max_rows`` rows, one backward pass per chunk; chunking does not change the result.
+    Norms are float64, accumulated there (a float32 norm of ~1e-24 elements underflows to 0).
     """
     n = len(residual_blocks(model))
     b = x.shape[0]
@@ -229,5 +230,6 @@ def path_gradient(
         g = masked_gradients(model, xs[i:i + max_rows], ys[i:i + max_rows],
                              masks[i:i + max_rows], single_path=single_path, at=at)
         for key, v in g.items():
-            parts.setdefault(key, []).append(v.flatten(1).norm(dim=1))
+            # float64 before squaring: in float32 the squares of ~1e-24 elements underflow to 0
+            parts.setdefault(key, []).append(v.flatten(1).double().norm(dim=1))
     return {key: torch.cat(v).view(samples, b) for key, v in parts.items()}

@@ -1,10 +1,13 @@
-"""Intervals and paired tests on per-image results: Wilson, Student t (plain and clustered),
-exact McNemar and its form for clustered examples, the paired difference of two error rates and
-its equivalence test (TOST), the paired bootstrap (optionally by cluster) and Holm's correction."""
+"""Intervals and paired tests on per-image results: Wilson, Student t (plain and clustered, also
+on a log scale), exact McNemar and its form for clustered examples, the paired difference of two
+error rates and its equivalence test (TOST), the paired bootstrap (optionally by cluster), Holm's
+correction, and a permutation test of a rank correlation over units (blocks, windows), exact
+where the units are few."""
 
 from __future__ import annotations
 
 import base64
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -13,10 +16,10 @@ from scipy import stats
 from torch import Tensor
 
 __all__ = [
-    "holm", "paired_bootstrap",
-    "cluster_mean_interval", "discordant", "mcnemar_clustered", "mcnemar_exact", "mean_interval",
-    "pack_correct",
-    "paired_difference", "tost_equivalent", "unpack_correct", "wilson_interval",
+    "cluster_mean_interval", "discordant", "exceeds_margin_p", "holm", "log_cluster_mean_interval",
+    "mcnemar_clustered", "mcnemar_exact", "mean_interval", "pack_correct", "paired_bootstrap",
+    "paired_difference", "spearman_permutation", "tost_equivalent", "unpack_correct",
+    "wilson_interval",
 ]
 
 
@@ -100,6 +103,22 @@ def cluster_mean_interval(
     return (m, m - half, m + half)
 
 
+def log_cluster_mean_interval(
+    values: np.ndarray, clusters: np.ndarray, conf: float = 0.95
+) -> tuple[float, float, float]:
+    """:func:`cluster_mean_interval` built on a log scale (delta method): the mean m with
+    ``m * exp(-/+ t * se / m)``, never at or below zero for a positive mean.
+
+    For magnitudes spanning many orders (a path's gradient): the linear t interval of a mean
+    whose spread is as large as the mean reaches below zero, which no magnitude can. (NaN bounds
+    for a non-positive mean or a single cluster.)"""
+    m, lo, hi = cluster_mean_interval(values, clusters, conf)
+    if not (m > 0) or math.isnan(lo):
+        return (m, math.nan, math.nan)
+    rel = (hi - m) / m  # t * se / m
+    return (m, m * math.exp(-rel), m * math.exp(rel))
+
+
 def paired_difference(
     only_a: int, only_b: int, n: int, conf: float = 0.95
 ) -> tuple[float, float, float]:
@@ -117,6 +136,17 @@ def paired_difference(
     se = math.sqrt(max((a + b) - (a - b) ** 2 / m, 0.0)) / m
     z = stats.norm.ppf(0.5 + conf / 2)
     return (d, da - z * se, da + z * se)
+
+
+def exceeds_margin_p(only_a: int, only_b: int, n: int, margin: float) -> float:
+    """One-sided p-value of "error_A - error_B > ``margin``" on the same n images (H0: at most
+    the margin), from the Agresti-Min estimate and standard error of :func:`paired_difference`:
+    a small p shows A worse than B by more than the margin, not merely worse."""
+    if n <= 0:
+        return math.nan
+    a, b, m = only_a + 0.5, only_b + 0.5, n + 2
+    se = math.sqrt(max((a + b) - (a - b) ** 2 / m, 0.0)) / m
+    return float(stats.norm.sf(((a - b) / m - margin) / se)) if se > 0 else math.nan
 
 
 def tost_equivalent(
@@ -192,3 +222,49 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p[i]))
         adj[i] = running
     return adj.tolist()
+
+
+def spearman_permutation(
+    x: Sequence[float], y: Sequence[float], *, alternative: str = "greater",
+    n_perm: int = 100_000, seed: int = 0,
+) -> tuple[float, float, bool]:
+    """Spearman's rho of ``x`` and ``y`` (one value per unit, e.g. per block) and its
+    permutation p-value over the units: (rho, p, exact).
+
+    The units are what is permuted: ``y`` is reassigned to the units in every order (exact, when
+    there are at most ``n_perm`` orders, i.e. up to 8 units) or in ``n_perm`` random orders
+    (p = (1 + hits) / (1 + n_perm)). ``alternative``: "greater" (rho > 0), "less" or
+    "two-sided" (|rho|). NaN when fewer than 3 units or either side is constant."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    n = a.size
+    if n < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return (math.nan, math.nan, False)
+    if alternative not in ("greater", "less", "two-sided"):
+        raise ValueError(f"alternative must be greater, less or two-sided, not {alternative!r}")
+    ra, rb = stats.rankdata(a), stats.rankdata(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    norm = math.sqrt(float((ra * ra).sum()) * float((rb * rb).sum()))
+
+    def stat(r: np.ndarray) -> np.ndarray:  # rho for each row of permuted ranks of y
+        return (r @ ra) / norm
+
+    rho = float(stat(rb[None, :])[0])
+    exact = math.factorial(n) <= n_perm
+    if exact:
+        perms = np.array(list(itertools.permutations(range(n))))
+        null = stat(rb[perms])
+    else:
+        rng = np.random.default_rng(seed)
+        null = np.concatenate([stat(rb[rng.permuted(np.tile(np.arange(n), (c, 1)), axis=1)])
+                               for c in _chunks(n_perm, 10_000)])
+    eps = 1e-12  # ties of rho with itself under rounding count as hits
+    hits = {"greater": null >= rho - eps, "less": null <= rho + eps,
+            "two-sided": np.abs(null) >= abs(rho) - eps}[alternative]
+    p = float(hits.mean()) if exact else float((1 + hits.sum()) / (1 + n_perm))
+    return (rho, p, exact)
+
+
+def _chunks(total: int, size: int) -> list[int]:
+    return [min(size, total - i) for i in range(0, total, size)]

@@ -21,7 +21,8 @@ def test_table_meta_figure_and_resume(tmp_path, cifar_batches, tiny_checkpoints,
     assert main(_args(tiny_checkpoints["resnet20"], cifar_batches, out, "--windows", "3")) == 0
     df = pd.read_csv(out / "results.csv")
     assert set(zip(df.measure, df.n)) == {("block_influence", 1), ("contribution_ratio", 1),
-                                          ("angular_distance", 1), ("angular_distance", 3)}
+                                          ("angular_distance", 1), ("angular_distance", 3),
+                                          ("prune_block_influence", 2)}  # ShortGPT's rule
     assert (df.n_images == 30).all() and df.rho_loss[df.n == 1].between(-1, 1).all()
     meta = json.loads((out / "meta.json").read_text())
     assert meta["windows"] == [1, 3] and meta["n_boot"] == 50

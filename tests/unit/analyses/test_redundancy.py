@@ -13,8 +13,8 @@ from ablate.data import Dataset
 from ablate.interventions.variants import Variant, evaluate_naive
 from ablate.models import checkpoint, create
 from analyses import delete_block, redundancy
-from analyses.table import Table
 from analyses.redundancy import verdicts
+from analyses.table import Table
 from tests.helpers import randomise_bn
 
 
@@ -40,8 +40,22 @@ def test_measures_beside_the_damage_of_the_same_deletion(resnet20, tmp_path, cap
     counts = df.groupby(["measure", "n"]).size().to_dict()
     assert counts == {("block_influence", 1): 9, ("contribution_ratio", 1): 9,
                       ("angular_distance", 1): 9, ("angular_distance", 2): 8,
-                      ("angular_distance", 4): 6}
+                      ("angular_distance", 4): 6,
+                      # the rule: 2 of 7 shape-keeping blocks; lowest, oracle, 20 random sets
+                      (redundancy.PRUNE_MEASURE, 2): 22}
+    rule = df[df.measure == redundancy.PRUNE_MEASURE]
+    assert rule.rule.tolist() == ["lowest", "oracle", *["random"] * 20]
+    sets = [[int(i) for i in d.split()] for d in rule.deleted]
+    assert all(len(x) == 2 and not {3, 6} & set(x) for x in sets)  # shape-keeping blocks only
+    keep = df[(df.measure == "block_influence") & df.in_correlation.astype(bool)]
+    assert sets[0] == sorted(keep.nsmallest(2, "value").block.tolist())
+    assert sets[1] == sorted(keep.nsmallest(2, "error_change").block.tolist())
+    ref = evaluate_naive(resnet20.model, ds.images, ds.labels,
+                         [Variant(), Variant.deleting(sets[0])], mean=resnet20.mean,
+                         std=resnet20.std, batch_size=8)
+    assert rule.error_change.iloc[0] == pytest.approx(ref[1].error - ref[0].error)
     # blocks 3 and 6 downsample: no cosine, left out of the correlation, damage still measured
+    df = df[df.measure != redundancy.PRUNE_MEASURE]
     bi = df[df.measure == "block_influence"].set_index("block")
     assert bi.index[~bi.in_correlation].tolist() == [3, 6] and bi.value[[3, 6]].isna().all()
     assert (bi.n_correlated == 7).all() and bi.rho_error.nunique() == 1
@@ -64,7 +78,9 @@ def test_measures_beside_the_damage_of_the_same_deletion(resnet20, tmp_path, cap
     capsys.readouterr()
     again = redundancy.run(resnet20, ds, windows=(2, 4), n_boot=50, batch_size=8,
                            progress=False, table=Table(path, redundancy.KEY))
-    assert "reusing 41 of 41 rows" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "reusing 41 of 41 rows" in err and "pruning rule: reusing 22 of 22 rows" in err
+    again = again[again.measure != redundancy.PRUNE_MEASURE]
     assert np.allclose(again.value, df.value, equal_nan=True)
     assert again.error_change.tolist() == df.error_change.tolist()
 
@@ -77,6 +93,9 @@ def test_a_vit_and_refusals():
                                (0.25,) * 3, None)
     df = redundancy.run(loaded, _dataset(), windows=(2, 8), n_boot=20, batch_size=8,
                         progress=False)
+    rule = df[df.measure == redundancy.PRUNE_MEASURE]
+    assert rule.rule.tolist() == ["lowest", "oracle", "every", "every", "every"]  # 3 sets of 1
+    df = df[df.measure != redundancy.PRUNE_MEASURE]
     assert df.in_correlation.all()  # no layer of a ViT changes shape
     assert sorted(df.n.unique()) == [1, 2] and (df.value > 0).all()  # window 8 > 3 layers
     plain = checkpoint.load("plain20", allow_init=True)
@@ -84,24 +103,70 @@ def test_a_vit_and_refusals():
         redundancy.run(plain, _dataset(), progress=False)
 
 
-def test_verdicts(tmp_path):
+def _table(model, n_units, rho_sign=1.0, window=1, prune=None, seed=0, noise=0.005):
+    """Per-unit rows: a measure whose ranks follow the damage (or reverse it), and the rule's
+    rows (lowest, oracle, random: their error changes) when ``prune`` is given."""
+    rng = np.random.default_rng(seed)
+    damage = np.sort(rng.uniform(0, 0.2, n_units))
+    value = damage * rho_sign + rng.normal(0, noise, n_units)
+    measure = "block_influence" if window == 1 else "angular_distance"
+    rows = [{"model": model, "measure": measure, "n": window, "block": b, "value": v,
+             "error_change": d, "in_correlation": True, "n_images": 1000}
+            for b, (v, d) in enumerate(zip(value, damage))]
+    for j, (rule, change) in enumerate(prune or []):
+        rows.append({"model": model, "measure": redundancy.PRUNE_MEASURE, "n": 6, "block": j,
+                     "rule": rule, "error_change": change, "in_correlation": False,
+                     "n_images": 1000})
+    return rows
+
+
+def _verdicts(tmp_path, rows):
+    d = tmp_path / "results" / "redundancy"
+    d.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(d / "results.csv", index=False)
+    return {(f.section, f.ours.split(":")[0]): f for f in verdicts(tmp_path)}
+
+
+SHORTGPT, GROMOV = "Men et al. 2024 (ShortGPT)", "Gromov et al. 2024"
+BEATS = [("lowest", 0.02), ("oracle", 0.01)] + [("random", 0.05 + 0.01 * j) for j in range(20)]
+LOSES = [("lowest", 0.12), ("oracle", 0.01)] + [("random", 0.05 + 0.01 * j) for j in range(20)]
+
+
+def test_verdicts_test_the_claim_over_blocks_and_the_rule(tmp_path):
     assert verdicts(tmp_path)[0].verdict == "not run"
-    rows = [{"model": m, "measure": meas, "n": n, "block": 0, "n_correlated": 25,
-             "rho_error": rho, "rho_error_low": rho - 0.2, "rho_error_high": rho + 0.2,
-             "rho_loss": rho, "rho_loss_low": rho - 0.1, "rho_loss_high": rho + 0.1,
-             "n_images": 1000, "n_boot": 1000}
-            for m, rho in (("resnet56", 0.5), ("vit_cifar", 0.1))
-            for meas, n in (("block_influence", 1), ("angular_distance", 1),
-                            ("angular_distance", 4))]
-    (tmp_path / "results" / "redundancy").mkdir(parents=True)
-    pd.DataFrame(rows).to_csv(tmp_path / "results" / "redundancy" / "results.csv", index=False)
-    found = {(f.section, f.ours.split(":")[0]): f for f in verdicts(tmp_path)}
-    assert found[("Men et al. 2024 (ShortGPT)", "resnet56")].verdict == "reproduces"
-    assert found[("Men et al. 2024 (ShortGPT)", "vit_cifar")].verdict == "does not reproduce"
-    gromov = found[("Gromov et al. 2024", "resnet56")]
-    assert "over 25 windows of 4 blocks" in gromov.ours and "a 4-block window" in gromov.criterion
-    assert len(found) == 4  # the longest window only
-    rows[-1]["n_correlated"] = 0  # vit_cifar's 4-block windows all change shape (as resnet20's)
-    pd.DataFrame(rows).to_csv(tmp_path / "results" / "redundancy" / "results.csv", index=False)
-    found = {(f.section, f.ours.split(":")[0]): f for f in verdicts(tmp_path)}
-    assert found[("Gromov et al. 2024", "vit_cifar")].verdict == "not run"
+    found = _verdicts(tmp_path / "a", _table("resnet56", 25, prune=BEATS))
+    f = found[(SHORTGPT, "resnet56")]
+    assert f.verdict == "extension: holds" and "permutation p" in f.ours
+    assert "deleting the 6 lowest-BI blocks: +2.00 points" in f.ours
+    assert "the 6 cheapest (oracle): +1.00" in f.ours and "over 20 random sets" in f.ours
+    f = _verdicts(tmp_path / "b", _table("resnet56", 25, prune=LOSES))[(SHORTGPT, "resnet56")]
+    assert f.verdict == "extension: partly"  # ranks the blocks, but the rule loses to chance
+    f = _verdicts(tmp_path / "c", _table("resnet56", 25, -1.0, prune=LOSES))[(SHORTGPT,
+                                                                              "resnet56")]
+    assert f.verdict == "extension: does not hold"
+
+
+def test_verdicts_a_vit_like_seven_unit_table(tmp_path):
+    """7 blocks: the permutation test is exact (5040 orders); the rule among 7 single blocks
+    cannot reach p < 0.05, so only the ranking is judged; 4 windows are too few to rank."""
+    rows = _table("vit_cifar", 7) + _table("vit_cifar", 4, window=4)
+    found = _verdicts(tmp_path, rows)
+    f = found[(SHORTGPT, "vit_cifar")]
+    assert "exact permutation" in f.ours and "the rule cannot be tested" in f.ours
+    assert f.verdict == "extension: holds"
+    g = found[(GROMOV, "vit_cifar")]
+    assert g.verdict == "not run" and "fewer than 5, too few to rank" in g.ours
+    assert "4-block window" in g.criterion
+    bad = _verdicts(tmp_path / "b", _table("vit_cifar", 7, -1.0))[(SHORTGPT, "vit_cifar")]
+    assert bad.verdict == "extension: does not hold"
+
+
+def test_verdicts_windows(tmp_path):
+    """25 windows: the closest one is also the cheapest (p = 1/25): both parts hold; with the
+    distance reversed, neither does."""
+    found = _verdicts(tmp_path / "a", _table("resnet56", 25, window=4, noise=0.0))
+    g = found[(GROMOV, "resnet56")]
+    assert g.verdict == "extension: holds" and "over 25 windows of 4 blocks" in g.ours
+    assert "the cheapest (oracle)" in g.ours and "p = 0.04" in g.ours
+    found = _verdicts(tmp_path / "b", _table("resnet56", 25, -1.0, window=4, noise=0.0))
+    assert found[(GROMOV, "resnet56")].verdict == "extension: does not hold"

@@ -147,29 +147,68 @@ def test_save_writes_pdf_and_png(tmp_path, size, inches):
 
 def test_one_axes_per_panel_family(table):
     fig = delete_block.plot(table)
-    # resnet20 and its stochastic-depth twin share the ResNet panel; plain20 has its own.
-    assert len(fig.axes) == 2
-    titles = [ax.get_title(loc="left") for ax in fig.axes]
+    # resnet20 and its stochastic-depth twin share the ResNet panel; plain20 has its own; each
+    # has a change panel under it.
+    assert len(fig.axes) == 4
+    titles = [ax.get_title(loc="left") for ax in fig.axes[:2]]
     assert titles == ["ResNet", "plain"]
     assert set(_error_lines(fig.axes[0])) == {"resnet20", "resnet20-sd"}
     assert set(_error_lines(fig.axes[1])) == {"plain20"}
-    assert fig.get_size_inches().tolist() == list(theme.TWO_COLUMN)
+    assert fig.get_size_inches().tolist() == pytest.approx([7.0, 2.8 * 1.75])
 
     only_resnet = delete_block.plot(table[table["model"] == "resnet20"])
-    assert len(only_resnet.axes) == 1
-    assert only_resnet.get_size_inches().tolist() == list(theme.ONE_COLUMN)
+    assert len(only_resnet.axes) == 2
+    assert only_resnet.get_size_inches().tolist() == pytest.approx([3.4, 2.4 * 1.75])
 
     preact = table[table["model"] == "resnet20"].assign(model="preact_resnet20", family="preact")
     three = delete_block.plot(pd.concat([table, preact]))
-    assert len(three.axes) == 3
+    assert len(three.axes) == 6
     import matplotlib.pyplot as plt
 
     plt.close("all")
 
 
+def test_two_depths_of_a_family_do_not_share_a_block_axis(table):
+    """resnet56 and resnet110: their downsampling blocks sit at different indices, so each depth
+    has its own panel (and its own grey lines)."""
+    import matplotlib.pyplot as plt
+
+    deep = pd.DataFrame(_rows("resnet56", 27, 9, intact=0.07, seed=5))
+    fig = delete_block.plot(pd.concat([table, deep], ignore_index=True))
+    titles = [ax.get_title(loc="left") for ax in fig.axes[:3]]
+    assert titles == ["ResNet, 9 units", "ResNet, 27 units", "plain"]
+    assert set(_error_lines(fig.axes[1])) == {"resnet56"}
+    grey = [ln.get_xdata()[0] for ln in fig.axes[1].get_lines()
+            if mcolors.to_hex(ln.get_color()) == "#dddddd"]
+    assert sorted(grey) == [9, 18]  # resnet56's downsampling blocks only
+    plt.close(fig)
+
+
+def test_change_panel_draws_points_with_intervals_and_the_margin(table):
+    """Fig. 3's 0-100% axis hides a point's change: under it, the change in points with its
+    paired interval and the ±1-point band of the verdict."""
+    import matplotlib.pyplot as plt
+
+    t = table.assign(change_low=table.error_change - 0.004, change_high=table.error_change + 0.006)
+    fig = delete_block.plot(t[t["model"] == "resnet20"])
+    low = fig.axes[1]
+    pts = {ln.get_gid(): ln for ln in low.get_lines() if ln.get_gid()}
+    want = t[t.model == "resnet20"].sort_values("block").error_change * 100
+    assert np.allclose(pts["change:resnet20"].get_ydata(), want)
+    (bars,) = low.containers  # the paired intervals
+    seg = bars.lines[2][0].get_segments()[0]
+    assert np.allclose([seg[0][1], seg[1][1]], [want.iloc[0] - 0.4, want.iloc[0] + 0.6])
+    assert low.get_ylabel() == "change (points)"
+    band = [p for p in low.patches if p.get_gid() == "margin"]
+    assert len(band) == 1
+    labels = [tx.get_text() for tx in fig.legends[0].get_texts()]
+    assert "±1 point (change panel)" in labels
+    plt.close(fig)
+
+
 def test_intact_line_height_and_y_axis(table):
     fig = delete_block.plot(table)
-    for ax in fig.axes:
+    for ax in fig.axes[:2]:
         dashed = {
             line.get_gid().split(":", 1)[1]: line
             for line in ax.get_lines()
@@ -270,7 +309,7 @@ def test_cli_writes_both_files(table, tmp_path, capsys):
     assert delete_block.main([str(csv), "--out", str(out), "--note", "quick run: 500 images"]) == 0
     pdf, png = out / "delete_block.pdf", out / "delete_block.png"
     assert pdf.read_bytes()[:4] == b"%PDF"
-    assert _png_size(png) == (round(7.0 * 300), round(2.8 * 300))
+    assert _png_size(png) == (round(7.0 * 300), round(2.8 * 1.75 * 300))
     assert str(pdf) in capsys.readouterr().out
 
 
@@ -312,5 +351,35 @@ def test_redundancy_panels_and_rho(tmp_path):
         [0.1, 0.2, 0.4, 0.5])  # block 2 is out of the correlation
     assert len(pts["points:resnet56:angular_distance:2"].get_xdata()) == 3
     texts = [t.get_text() for t in fig.axes[0].texts]
-    assert any("vit_cifar: ρ = 0.80 [0.40, 0.95]" in t for t in texts)
+    assert any("vit_cifar: ρ = 1.00 (p = 0.042, 4 units)" in t for t in texts)  # 1 of 24
+    plt.close(fig)
+
+
+def test_paths_veit_range_sits_on_the_axis_not_at_a_height():
+    """Fig. 6c: Veit's 5-17 is a range of lengths with no height of ours: drawn on the x axis
+    (axes coordinates), whatever our curve's peak; small shares keep two significant digits."""
+    import matplotlib.pyplot as plt
+
+    from ablate.measures import paths as ps
+    from figures import paths
+
+    n, ks = 54, np.arange(0, 55, 6)
+    mag = 10.0 ** (-0.6 * ks)
+    base = {"model": "resnet110", "family": "resnet", "n_blocks": n}
+    total = ps.total_gradient(ps.path_counts(n, log=True), ps.log_interpolate(ks, mag, n))
+    r = ps.effective_range(total, 0.9)
+    rows = ([{**base, "kind": "gradient_magnitude", "tap": "input", "k": int(k), "value": v,
+              "low": v / 2, "high": v * 2} for k, v in zip(ks, mag)]
+            + [{**base, "kind": "path_fraction", "k": k, "value": v}
+               for k, v in enumerate(ps.length_distribution(n))]
+            + [{**base, "kind": "total_gradient", "k": k, "value": v,
+                "in_range": r.lo <= k <= r.hi} for k, v in enumerate(total)])
+    fig = paths.plot(pd.DataFrame(rows))
+    ax = fig.axes[2]
+    (bar,) = [ln for ln in ax.get_lines() if ln.get_gid() == "published"]
+    assert bar.get_transform() == ax.get_xaxis_transform()
+    assert list(bar.get_ydata()) == [0.03, 0.03] and list(bar.get_xdata()) == [4.5, 17.5]
+    texts = [t.get_text() for t in ax.texts]
+    assert "Veit et al.: 5–17" in texts
+    assert any("% of paths" in t and "0.00%" not in t for t in texts)
     plt.close(fig)
