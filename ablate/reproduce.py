@@ -1,7 +1,7 @@
 """python -m ablate.reproduce: every analysis of both papers on the bundled checkpoints.
 
     python -m ablate.reproduce --quick          # resnet20 and plain20, 500 images: a few minutes
-    python -m ablate.reproduce --device cpu     # the full run (hours: scripts/reproduce_cpu.sh)
+    python -m ablate.reproduce --device cpu     # the full run (hours; resumable: run it again)
 
 The full plan (:func:`plan`) follows whatever is bundled: Veit Figs. 3, 5a, 5b and attribution on
 resnet56 and resnet110, Fig. 3 against plain56; Figs. 3, 5a and 5b on a bundled ViT (vit_cifar),
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"unknown analysis {bad[0]!r}: choose from {', '.join(sorted(names))}")
     _write_run(out, args, argv, settings, p, names, {})
     running: list[tuple[str, float]] = []  # the step under way and when it began
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # `reproduce_cpu.sh stop`, a kill
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a kill
     try:
         for analysis, t in _run_steps(plan_steps, out, args.only, running):
             _write_run(out, args, argv, settings, p, names, {analysis: t})  # a stop keeps these
@@ -173,8 +173,6 @@ def _write_run(out: Path, args: argparse.Namespace, argv: Sequence[str] | None,
         "steps": steps, "finished": finished, "complete": set(steps) <= set(finished),
         "settings_why": {} if args.quick else Settings.why(),
         "wall_seconds": {**old.get("wall_seconds", {}), **times}, "wall_seconds_total": total,
-        **({"wall_seconds_untimed": old["wall_seconds_untimed"]}
-           if "wall_seconds_untimed" in old else {}),
         "argv": list(argv) if argv is not None else sys.argv[1:],
     })
 

@@ -12,7 +12,7 @@ cost. The learning-rate schedule comes from the run's log, so the drops can be m
 No paper reports this: the report describes the curves (when robustness appears, what the drops
 do, whether stochastic depth makes it appear earlier) and judges nothing.
 
-    python -m ablate emergence ~/ablate-runs/resnet110-he ~/ablate-runs/resnet110-sd-he
+    python -m ablate emergence runs/resnet110 runs/resnet110-sd      # run folders of ablate.train
     python -m ablate emergence ablate/checkpoints/resnet110.lesions.csv --names resnet110
 """
 

@@ -70,12 +70,8 @@ def _by_analysis(root: Path) -> list[tuple[str, Finding]]:
 
 
 def wall_seconds(run: dict) -> dict[str, float]:
-    """Each analysis' wall time from run.json, summed over its invocations (an older run.json's
-    ``wall_seconds_untimed``, time recovered for invocations it did not time, is added in)."""
-    total = dict(run.get("wall_seconds_total", run.get("wall_seconds", {})))
-    for k, v in run.get("wall_seconds_untimed", {}).items():
-        total[k] = float(total.get(k, 0.0)) + float(v)
-    return total
+    """Each analysis' wall time from run.json, summed over its invocations."""
+    return dict(run.get("wall_seconds_total", run.get("wall_seconds", {})))
 
 
 def devices(meta: dict) -> list[str]:

@@ -580,6 +580,7 @@ def _known_family(digest: str | None) -> str | None:
     for w in published.WEIGHTS.values():
         if digest.startswith(w.sha256) and len(w.sha256) == 64:
             return w.family
+    found = set()
     for p in sorted(bundled_dir().glob("*.json")):
         try:
             other = json.loads(p.read_text()) if p.stat().st_size <= MAX_CARD_BYTES else {}
@@ -587,8 +588,8 @@ def _known_family(digest: str | None) -> str | None:
             continue
         if isinstance(other, dict) and other.get("weights_sha256") == digest and \
                 isinstance(other.get("arch"), str) and other["arch"] in models.names():
-            return models.family(other["arch"], other, default="resnet")
-    return None
+            found.add(models.family(other["arch"], other, default="resnet"))
+    return found.pop() if len(found) == 1 else None  # cards that disagree say nothing
 
 
 def _check_family(loaded: Loaded, origin: str | None, path: Path) -> None:

@@ -14,7 +14,7 @@ KV cache: an attention layer of a Hugging Face model reads and writes the cache 
 its ``layer_idx``. A gated attention branch is still run (its output is zeroed afterwards), so
 every slot stays filled and ``generate`` stays correct under deletion; a moved layer keeps its own
 slot (a permutation is a bijection of slots). Plans that run a layer twice or skip layers
-(:mod:`ablate.structural`) renumber the slots by execution order instead.
+(:mod:`ablate.interventions.structural`) renumber the slots by execution order instead.
 """
 
 from __future__ import annotations

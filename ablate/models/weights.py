@@ -134,7 +134,7 @@ def get(name: str) -> Weights | None:
 
 
 def _martyn_key(key: str) -> str:
-    """a-martyn's key layout -> ours (see ``../shared/pretrained/README.md``)."""
+    """a-martyn's key layout -> ours (his ``convIn``/``stack2a`` names; see ``convert``)."""
     for theirs, ours in (("convIn.", "conv1."), ("bnIn.", "bn1."), ("fcOut.", "linear."),
                          ("stack2a.", "layer2.0."), ("stack3a.", "layer3.0.")):
         if key.startswith(theirs):

@@ -4,7 +4,8 @@ On a GPU: bf16 autocast with channels-last. On a CPU it depends on the chip: wit
 (AVX512-BF16 or AMX, e.g. AMD EPYC Zen 4, Intel Sapphire Rapids) bf16 autocast with
 channels-last trains CIFAR ResNets about 2.1x faster than fp32; without it (e.g. older Intel
 Xeons) bf16 is emulated and 2.6x slower, and fp32 with channels-last is best (1.3x fp32 NCHW).
-Measured on 2-core machines of both kinds (issue 12). Evaluation always runs in fp32.
+Measured on 2-core machines of both kinds (benchmarks/train_speed.py). Evaluation always runs
+in fp32.
 
 Transformers on a CPU train with the math attention kernel: at ViT-on-CIFAR lengths (65 tokens)
 the CPU flash-attention kernel's backward takes 29% of a ViT-Lite-7/4 step, and the math kernel
