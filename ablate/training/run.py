@@ -27,7 +27,13 @@ from ablate.training.config import Recipe, TrainConfig, lr_at, paper_recipe
 from ablate.training.loop import Shard, evaluate, grad_columns, grad_probe, train_epoch, zero_grads
 from ablate.training.precision import attention_kernel
 from ablate.training.precision import choose as choose_precision
-from ablate.training.state import load_state, save_state, set_rng_state, write_log
+from ablate.training.state import (
+    load_state,
+    restore_weights,
+    save_state,
+    set_rng_state,
+    write_log,
+)
 
 __all__ = ["train"]
 
@@ -210,8 +216,7 @@ def _model(config: TrainConfig, recipe: Recipe, device: torch.device, rank: int,
 
 def _resume(r: _Run) -> None:
     st = load_state(r.state_path, r.run)
-    r.net.load_state_dict(st["model"])
-    r.opt.load_state_dict(st["optimizer"])
+    restore_weights(st, r.net, r.opt, r.state_path)
     reseed = (r.config.seed + 1_000_003 * st["epoch"]) if r.config.change_device else None
     moved = set_rng_state(st["rng"], r.gen, r.device, reseed)
     r.start_epoch, r.step, r.log = st["epoch"], st["step"], list(st["log"])

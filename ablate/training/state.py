@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import numbers
 from pathlib import Path
 
 import torch
@@ -17,7 +19,8 @@ from ablate._infra.errors import UsageError
 from ablate._infra.io import atomic_write, write_text
 from ablate.training.config import Recipe
 
-__all__ = ["STATE_FORMAT", "load_state", "rng_state", "save_state", "set_rng_state", "write_log"]
+__all__ = ["STATE_FORMAT", "load_state", "restore_weights", "rng_state", "save_state",
+           "set_rng_state", "write_log"]
 
 STATE_FORMAT = "ablate-train-state/1"
 # Recipe fields added after the format was fixed: a state without them ran with their defaults
@@ -47,14 +50,104 @@ def set_rng_state(state: dict, gen: torch.Generator, device: torch.device,
             f"--device {state['data_device']} (the data order depends on the device), or add "
             "--change-device to continue here with a freshly seeded data order"
         )
-    torch.set_rng_state(state["torch"])
-    if moved:
-        gen.manual_seed(reseed)
-    else:
-        gen.set_state(state["data"])
-    if device.type == "cuda" and "cuda" in state and not moved:
-        torch.cuda.set_rng_state(state["cuda"], device)
+    try:
+        torch.set_rng_state(state["torch"])
+        if moved:
+            gen.manual_seed(reseed)
+        else:
+            gen.set_state(state["data"])
+        if device.type == "cuda" and "cuda" in state and not moved:
+            torch.cuda.set_rng_state(state["cuda"], device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise UsageError(f"--resume: last.pt has an 'rng' state these generators do not take "
+                         f"({' '.join(str(e).split())[:100]}): delete it or choose another --out"
+                         ) from None
     return moved
+
+
+def restore_weights(state: dict, net: torch.nn.Module, opt: torch.optim.Optimizer,
+                    path: Path) -> None:
+    """Load ``last.pt``'s ``model`` and ``optimizer`` into the run's; what does not fit (another
+    architecture, a changed optimiser) is one line naming the field."""
+    own = net.state_dict()
+    model = state["model"]
+    missing = [k for k in own if k not in model]
+    unexpected = [k for k in model if k not in own]
+    shape = [k for k in own if k in model and model[k].shape != own[k].shape]
+    kind = [k for k in own if k in model and
+            model[k].is_floating_point() != own[k].is_floating_point()]
+    for label, keys in (("lacks", missing), ("has unexpected", unexpected),
+                        ("has wrongly shaped", shape), ("has wrongly typed", kind)):
+        if keys:
+            raise UsageError(f"--resume: {path}'s 'model' {label} weights (e.g. {keys[0]}): not "
+                             "a state of this model; delete it or choose another --out")
+    try:
+        net.load_state_dict(model)
+        opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        field = "model" if "state_dict" in str(e) and "Optimizer" not in str(e) else "optimizer"
+        raise UsageError(f"--resume: {path}'s '{field}' does not fit this run "
+                         f"({' '.join(str(e).split())[:100]}): delete it or choose another "
+                         "--out") from None
+
+
+def _whole(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0
+
+
+def _byte_state(v: object) -> bool:
+    return isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.dim() == 1 and v.numel()
+
+
+def _scalar(v: object) -> bool:
+    return v is None or isinstance(v, (str, bool)) or (
+        isinstance(v, numbers.Real) and (isinstance(v, numbers.Integral) or math.isfinite(v)))
+
+
+def _state_problem(state: dict) -> tuple[str, str] | None:
+    """The first field of a ``last.pt`` that is not what ``save_state`` writes, and why."""
+    if not isinstance(state.get("run"), dict):
+        return "run", "is missing or not a dict"
+    model = state.get("model")
+    if not isinstance(model, dict) or not model or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        return "model", "is not a state dict of tensors"
+    for k, v in model.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            return "model", f"holds NaN or infinite values in {k}"
+    opt = state.get("optimizer")
+    if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) or not isinstance(
+            opt.get("param_groups"), list):
+        return "optimizer", "is not an optimiser state (state, param_groups)"
+    for field in ("epoch", "step"):
+        if not _whole(state.get(field)):
+            return field, f"is {state.get(field)!r}, not a whole number >= 0"
+    epochs = (state["run"].get("recipe") or {}).get("epochs") if isinstance(
+        state["run"].get("recipe"), dict) else None
+    if _whole(epochs) and state["epoch"] > epochs:
+        return "epoch", f"is {state['epoch']}, past the run's {epochs} epochs"
+    rng = state.get("rng")
+    if not isinstance(rng, dict):
+        return "rng", "is missing or not a dict"
+    for k in ("torch", "data"):
+        if not _byte_state(rng.get(k)):
+            return f"rng.{k}", "is not a generator state (a 1-D uint8 tensor)"
+    if "cuda" in rng and not _byte_state(rng["cuda"]):
+        return "rng.cuda", "is not a generator state (a 1-D uint8 tensor)"
+    if rng.get("data_device") not in ("cpu", "cuda", "mps", "xpu"):
+        return "rng.data_device", f"is {rng.get('data_device')!r}, not a device type"
+    log = state.get("log")
+    if not isinstance(log, list) or not all(
+            isinstance(r, dict) and all(isinstance(k, str) and _scalar(v) for k, v in r.items())
+            for r in log):
+        return "log", "is not a list of rows of numbers and strings"
+    if len(log) > state["epoch"]:
+        return "log", f"has {len(log)} rows for {state['epoch']} epochs"
+    secs = state.get("train_seconds")
+    if isinstance(secs, bool) or not isinstance(secs, numbers.Real) or not math.isfinite(secs) \
+            or secs < 0:
+        return "train_seconds", f"is {secs!r}, not a number of seconds >= 0"
+    return None
 
 
 def load_state(path: Path, run: dict) -> dict:
@@ -68,6 +161,11 @@ def load_state(path: Path, run: dict) -> dict:
                          "choose another --out") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise UsageError(f"--resume: {path} is not an ablate.train state; choose another --out")
+    problem = _state_problem(state)
+    if problem is not None:
+        field, why = problem
+        raise UsageError(f"--resume: {path}'s '{field}' {why}: not a state ablate.train wrote "
+                         "(or a damaged one); delete it or choose another --out")
     old = state["run"]
     if isinstance(old.get("recipe"), dict):  # states saved before these Recipe fields existed
         for k in LATER_RECIPE_FIELDS:  # their defaults are what such a run did
