@@ -116,7 +116,7 @@ def test_a_kept_original_that_no_longer_verifies_is_fetched_again(upstream, tmp_
     w, data, _ = upstream
     cache = tmp_path / "c"
     dest = weights.download(w, cache, opener=Served(data))
-    dest.write_bytes(data[:-1] + b"x")  # same size, same 8-hex prefix impossible: re-fetched
+    dest.write_bytes(data[:-1] + b"x")  # altered in place: no longer verifies, fetched again
     served = Served(data)
     assert weights.download(w, cache, opener=served).read_bytes() == data and served.calls == 1
 
@@ -191,3 +191,18 @@ def test_concurrent_first_users_convert_once(upstream, monkeypatch):
         t.join()
     assert not errors and len(results) == 3 and len(set(results)) == 1
     assert served.calls == 1
+
+
+def test_a_tampered_converted_cache_is_refused(upstream, monkeypatch, tmp_path):
+    w, data, _ = upstream
+    monkeypatch.setitem(weights.WEIGHTS, w.name, w)
+    monkeypatch.setattr(weights.urllib.request, "urlopen", Served(data))
+    converted = checkpoint.load(w.name).path
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(converted)
+    state["linear.bias"] = state["linear.bias"] + 1  # other weights under the same card
+    save_file(state, converted)
+    with pytest.raises(UsageError) as e:
+        checkpoint.load(w.name)
+    assert "not the file its card" in str(e.value) and "\n" not in str(e.value)
