@@ -449,16 +449,19 @@ def _check_causal(config: dict, label: str, known: bool | None = None) -> None:
 
 
 def _from_folder(folder: Path, label: str, *, device: torch.device | None,
-                 dtype: torch.dtype, device_map, offload_folder) -> tuple[nn.Module, Any]:
+                 dtype: torch.dtype, device_map, offload_folder,
+                 tokenizer: bool = True) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = _read_config(folder)
     _check_causal(config, label)
     try:
-        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        tok = (AutoTokenizer.from_pretrained(str(folder), local_files_only=True) if tokenizer
+               else None)
     except Exception as e:
         raise UsageError(f"{label} has no usable tokenizer in {folder} ({_first_line(e)}): add "
-                         "its tokenizer.json (or the files its tokenizer class needs)") from None
+                         "its tokenizer.json (or the files its tokenizer class needs), or name "
+                         "another tokenizer (--tokenizer)") from None
     kwargs: dict = {"dtype": dtype, "local_files_only": True}
     if device_map is not None:
         kwargs["device_map"] = device_map
@@ -490,6 +493,7 @@ def load_lm(
     cache_dir: str | os.PathLike | None = None,
     device_map: str | dict | None = None,
     offload_folder: str | os.PathLike | None = None,
+    tokenizer: bool = True,
 ) -> LoadedLM:
     """Load a causal language model and its tokenizer, offline (see the module docstring).
 
@@ -498,6 +502,8 @@ def load_lm(
     ``offload_folder`` for layers dispatched to disk). ``dtype``: None or "fp32" (float32),
     "bf16", or "auto" (bf16 on CUDA and on a CPU with native bf16, else fp32). ``cache_dir``:
     the root of the GGUF cache (default ``$ABLATE_CACHE`` or ``~/.cache/ablate``).
+    ``tokenizer=False``: the model alone (``LoadedLM.tokenizer`` is None), for a folder whose
+    text is tokenized by another tokenizer.
     """
     t0 = time.perf_counter()
     s = os.fspath(spec)
@@ -511,11 +517,12 @@ def load_lm(
         gguf, version = registered_gguf(entry)
         return _load_gguf(gguf, entry.name, {**entry.card(), "source": {
             "package": entry.package, "version": version, "file": gguf.name}},
-            dev, torch_dtype, cache_dir, device_map, offload_folder, t0)
+            dev, torch_dtype, cache_dir, device_map, offload_folder, t0, tokenizer)
     path = Path(s).expanduser()
     if path.is_dir():
         if (path / "config.json").is_file():
-            return _load_folder(path, path.name, dev, torch_dtype, device_map, offload_folder, t0)
+            return _load_folder(path, path.name, dev, torch_dtype, device_map, offload_folder,
+                                t0, tokenizer)
         ggufs = _gguf_in(path)
         if len(ggufs) == 1:
             path = ggufs[0]
@@ -531,7 +538,7 @@ def load_lm(
             raise UsageError(f"{path} is a {kind}, not a GGUF model (no GGUF magic bytes): pass "
                              "a .gguf file or a Hugging Face model folder")
         return _load_gguf(path, path.stem, {"source": {"file": path.name}}, dev, torch_dtype,
-                          cache_dir, device_map, offload_folder, t0)
+                          cache_dir, device_map, offload_folder, t0, tokenizer)
     if path.exists():
         raise UsageError(f"{path} is not a regular file or folder: pass a .gguf file or a model "
                          "folder")
@@ -544,11 +551,11 @@ def load_lm(
             f"{s!r} is not a registered language model ({', '.join(lm_names())}), an existing "
             ".gguf file or model folder, nor a hub model in the local Hugging Face cache "
             "(ablate never downloads): pass a path, or download the model once yourself")
-    return _load_folder(folder, s, dev, torch_dtype, device_map, offload_folder, t0)
+    return _load_folder(folder, s, dev, torch_dtype, device_map, offload_folder, t0, tokenizer)
 
 
 def _load_gguf(gguf: Path, name: str, card: dict, dev, dtype, cache_dir, device_map,
-               offload_folder, t0: float) -> LoadedLM:
+               offload_folder, t0: float, tokenizer: bool = True) -> LoadedLM:
     _need(name, "transformers", "gguf", "accelerate")
     if not _is_gguf_file(gguf):
         _read_gguf(gguf)  # its one-line error
@@ -568,13 +575,13 @@ def _load_gguf(gguf: Path, name: str, card: dict, dev, dtype, cache_dir, device_
         _dequantise(gguf, folder, card)
     card = _check_cache(folder, gguf, digest)
     model, tok = _from_folder(folder, name, device=dev, dtype=dtype, device_map=device_map,
-                              offload_folder=offload_folder)
+                              offload_folder=offload_folder, tokenizer=tokenizer)
     return LoadedLM(model, tok, name, card, digest, str(gguf), "gguf", str(folder), dtype,
                     time.perf_counter() - t0)
 
 
 def _load_folder(folder: Path, name: str, dev, dtype, device_map, offload_folder,
-                 t0: float) -> LoadedLM:
+                 t0: float, tokenizer: bool = True) -> LoadedLM:
     _need(name, "transformers")
     config = _read_config(folder)
     _check_causal(config, name)
@@ -582,7 +589,7 @@ def _load_folder(folder: Path, name: str, dev, dtype, device_map, offload_folder
         raise UsageError(f"{folder} has a config.json but no weights (model.safetensors or "
                          "pytorch_model.bin): copy them into it")
     model, tok = _from_folder(folder, name, device=dev, dtype=dtype, device_map=device_map,
-                              offload_folder=offload_folder)
+                              offload_folder=offload_folder, tokenizer=tokenizer)
     card = {"name": name, "model_type": config.get("model_type"),
             "layers": config.get("num_hidden_layers"), "source": {"folder": str(folder)},
             "license": config.get("license", "unknown (see the model's own card)")}
