@@ -265,14 +265,15 @@ def verdicts(root: Path) -> list[Finding]:
             f"the blocks, Holm over the networks and methods, p < {ALPHA:g} and rho > 0; at "
             f"least {MIN_RANKED_UNITS} blocks")
     branch = df[df.layer == "branch"] if "layer" in df else df.iloc[0:0]
+    out = [Finding(
+        "Attribution vs lesion (ours)", CLAIM,
+        f"{model}: the table attributes to each block's output only, which every path crosses: "
+        "conductance there sums to about f(x) - f(baseline) for every block (completeness), "
+        "and it is not what deleting the block removes, so no test is made on it; measure at "
+        f"the residual branch: {COMMAND}", "not run", crit, fig(root, "attribution"))
+        for model in dict.fromkeys(df.model) if model not in set(branch.model)]
     if branch.empty:
-        return [Finding(
-            "Attribution vs lesion (ours)", CLAIM,
-            "the table attributes to each block's output, which every path crosses: conductance "
-            "there sums to about f(x) - f(baseline) for every block (completeness), and it is "
-            "not what deleting the block removes, so no test is made on it; measure at the "
-            f"residual branch: {COMMAND}", "not run", crit,
-            fig(root, "attribution"))]
+        return out
     tests = []
     for (model, method), d in branch.groupby(["model", "method"], sort=False):
         dmg, source = damage(root, model, d)
@@ -285,7 +286,6 @@ def verdicts(root: Path) -> list[Finding]:
     t["p_holm"] = np.nan
     if ok.any():
         t.loc[ok, "p_holm"] = holm(t.p[ok].tolist())
-    out = []
     for x in t.itertuples():
         ours = (f"{x.model} {x.method} at the branch: rho = {x.rho:.2f} over {x.n} blocks "
                 f"(permutation p = {x.p:.2g}, Holm over {int(ok.sum())}: {x.p_holm:.2g}); "

@@ -278,13 +278,14 @@ def _fig5a(model: str, rows: pd.DataFrame, d: pd.DataFrame, fig_: str | None) ->
         VEIT_K10_TOLERANCE
     shape = r >= SMOOTH_RHO and cliff.empty
     outcome = "holds" if shape and size else "partly" if shape or size else "does not hold"
+    enumerated = [int(k) for k, g in rows.groupby("k") if 0 < k < n and _exact(g, n)]
     at_text = "n/a"
     if len(at):
         a = at.iloc[0]
         at_text = pct(float(a.mean_error)) + (
+            " (every set: exact)" if k10 in enumerated else
             f" [{pct(float(a.mean_low))}, {pct(float(a.mean_high))}]"
             if not math.isnan(a.mean_low) else "")
-    enumerated = [int(k) for k, g in rows.groupby("k") if 0 < k < n and _exact(g, n)]
     return Finding(
         "Veit Fig. 5a",
         "Error grows smoothly with the number of deleted blocks: about 20% with 10 of 54 "

@@ -293,7 +293,8 @@ def _prune_part(model: str, m: pd.DataFrame, prune: pd.DataFrame) -> tuple[bool 
     text = (f"deleting the {size} lowest-BI block{'s' if size > 1 else ''}: "
             f"{points(float(pick.iloc[0]))} points; {size} random: mean {points(rand.mean())} "
             f"over {len(rand)} {'random' if not prune.empty and drawn else 'possible'} sets "
-            f"(share doing at most as little: p = {p:.2g}); the {size} cheapest (oracle): "
+            f"(share doing at most as little: p = {p:.2g}); the {size} cheapest to delete alone "
+            "(oracle): "
             f"{oracle_text}")
     if sets < MIN_RULE_SETS:
         return None, text + f": fewer than {MIN_RULE_SETS} sets, the rule cannot be tested"
@@ -392,7 +393,7 @@ def measure(o: Options) -> Result:
 
 
 def _summary(df: pd.DataFrame) -> None:
-    first = df.drop_duplicates(["model", "measure", "n"])
+    first = df[df.measure != PRUNE_MEASURE].drop_duplicates(["model", "measure", "n"])
     command.print_table(
         first, ["model", "measure", "n", "n_correlated", "rho_error", "rho_error_low",
                 "rho_error_high", "rho_loss", "rho_loss_low", "rho_loss_high"],

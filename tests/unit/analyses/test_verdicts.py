@@ -191,7 +191,7 @@ def test_fig5a_a_vit_like_seven_unit_table_with_enumerated_sets(tmp_path):
                          "deleted": " ".join(map(str, st)), "error": 0.1 + 0.11 * k + 0.01 * s})
     df = pd.DataFrame(rows).assign(num_classes=10, n_candidates=7)
     f = drop_blocks.verdicts(_write(tmp_path / "a", "drop_blocks", df))[0]
-    assert "every set enumerated at k = 1, 6" in f.ours
+    assert "every set enumerated at k = 1, 6" in f.ours and "(every set: exact)" in f.ours
     assert "k = 7 transformer blocks (an attention and an MLP branch each)" in f.ours
     assert f.verdict == "extension: holds"  # 24% at k = 1 of 7 (Veit's 10 of 54)
     cliff = df.assign(error=np.where(df.k >= 1, 0.9, 0.1))
@@ -464,6 +464,13 @@ def test_attribution_at_the_block_output_is_not_judged(tmp_path):
     assert f.verdict == "not run" and "completeness" in f.ours and "--only attribution" in f.ours
     few = _write(tmp_path / "few", "attribution", _attribution("branch", np.arange(4) * 1.0))
     assert attribution.verdicts(few)[0].verdict == "not run"  # 4 blocks: too few to rank
+    mixed = pd.concat([_attribution("block", np.arange(9) * 1.0),
+                       _attribution("branch", np.arange(9) * 1.0, model="resnet56")])
+    found = {f.ours.split(" ")[0].rstrip(":"): f for f in attribution.verdicts(
+        _write(tmp_path / "mixed", "attribution", mixed))}
+    assert found["resnet110"].verdict == "not run"  # block rows only: measure at the branch
+    r56 = found["resnet56"]  # no delete_block table: its own lesions, which rank the other way
+    assert r56.verdict == "new: does not hold" and "its own lesion rows, 128 images" in r56.ours
 
 
 def test_vocabulary_and_formatting():
