@@ -95,6 +95,7 @@ __all__ = [
     "DEFAULT_SEQUENCES", "EXPERIMENT", "KEY", "KINDS", "Condition", "chunk", "conditions",
     "configurations",
     "min_clustered_p", "outcomes", "run", "section", "token_outcomes", "verdicts", "with_tests",
+    "write_section",
 ]
 
 KINDS = ("delete", "swap", "window", "redundancy", "prune", "drop", "reorder")
@@ -652,7 +653,7 @@ def _measures(runner: _Runner, base: dict, windows: Sequence[int], table: Table,
         rows.append({**k, "layers": " ".join(map(str, range(i, i + n))),
                      "name": names[i] if n == 1 else f"{names[i]} .. {names[i + n - 1]}",
                      "value": m, "value_lo": lo, "value_hi": hi, "sequences": len(v),
-                     "seconds": secs})
+                     "seconds": round(secs / len(keys), 4)})  # the two passes, shared out
     table.add(rows)
     return table.rows(keys)
 
@@ -678,9 +679,9 @@ class Options(Base):
     seq_len: int = flag(128, "tokens per sequence (position t is scored on token t + 1)")
     max_sequences: int = flag(
         DEFAULT_SEQUENCES, "sequences scored (the first of the text). The default, 16 x 128 "
-        "tokens, runs delete and swap on smollm2-135m in about 6 minutes on 2 CPU cores in "
-        "bf16; with fewer than about 10 the clustered test cannot reach p < 0.05 after Holm "
-        "(a warning says so)")
+        "tokens, runs delete and swap on smollm2-135m in about 8 minutes on 2 idle CPU cores "
+        "in bf16 (20 measured on 2 busy shared ones); with fewer than about 10 the clustered "
+        "test cannot reach p < 0.05 after Holm (a warning says so)")
     batch_size: int = flag(8, "sequences per forward pass")
     dtype: str = flag("auto", "weights and activations: bf16 on a GPU or a CPU with native "
                       "bf16, else fp32 (auto); or bf16, fp32", choices=DTYPES)
@@ -839,7 +840,19 @@ def measure(o: Options) -> Result:
         "clustered_test_limits": warned, "holm": "over the conditions of one kind, on read",
     }
     note = f"{lm.name}, {_dtype_name(lm.model)}, {n_seq} x {o.seq_len} tokens"
-    return Result(out, df, meta, [lm], None, table, note=note, summary=lambda: _summary(df))
+    alike = _alike(table.df, df)  # the figure: every row measured alike, earlier runs' too
+    return Result(out, alike, meta, [lm], None, table, note=note, summary=lambda: _summary(df))
+
+
+def _alike(full: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``full`` measured like ``df``'s: same model, tokens and precision."""
+    if full.empty or df.empty:
+        return df
+    first = df.iloc[0]
+    same = ((full.model_sha256.astype(str) == str(first.model_sha256))
+            & (full.tokens_sha256.astype(str) == str(first.tokens_sha256))
+            & (full["dtype"].astype(str) == str(first["dtype"])))
+    return with_tests(full[same].reset_index(drop=True))
 
 
 def _summary(df: pd.DataFrame) -> None:
@@ -1334,15 +1347,45 @@ def section(root: Path) -> list[str]:
                 f"{r.nll_change_hi:+.3f}] | {points(r.accuracy_change, 1)} | {r.p_holm:.2g} | "
                 + (f"{s.nll_change:+.3f} [{s.nll_change_lo:+.3f}, {s.nll_change_hi:+.3f}] |"
                    if s is not None else "- |"))
-        secs = d.groupby("condition").seconds.sum() if "seconds" in d else pd.Series(dtype=float)
-        inv = meta.get("invocations") or []
-        lines += ["", "Measured on " + "; ".join(dict.fromkeys(
-            str(x.get("device")) for x in inv if x.get("rows"))) + f" (last: "
-            f"{meta.get('device')}); compute per kind (minutes): "
-            + ", ".join(f"{k} {v / 60:.1f}" for k, v in secs.items() if v > 0)
-            + f"; wall time over {len(inv)} invocation(s): "
-            f"{sum(float(x.get('wall_seconds') or 0) for x in inv) / 60:.1f} min."]
+        lines += ["", *_closing(d, meta)]
     return lines
+
+
+def _closing(d: pd.DataFrame, meta: dict) -> list[str]:
+    """Where, on what and how long: the machine, each invocation that measured rows, the compute
+    per kind of condition."""
+    secs = d.groupby("condition").seconds.sum() if "seconds" in d else pd.Series(dtype=float)
+    inv = [x for x in meta.get("invocations") or [] if x.get("rows")]
+    versions = {k: v for k, v in (meta.get("versions") or {}).items()
+                if k in ("torch", "transformers")}
+    out = [f"Measured on {'; '.join(dict.fromkeys(str(x.get('device')) for x in inv))} "
+           f"({', '.join(f'{k} {v}' for k, v in versions.items())}), in {d['dtype'].iloc[0]}; "
+           f"{len(inv)} invocation(s) that measured rows: "
+           + "; ".join(f"{x.get('rows')} rows in {float(x.get('wall_seconds') or 0) / 60:.1f} "
+                       f"min ({x.get('command', '').split(' --out')[0]})" for x in inv)
+           + f"; {sum(float(x.get('wall_seconds') or 0) for x in inv) / 60:.1f} min in all. "
+           "Compute per kind of condition (minutes, the intact passes not counted): "
+           + ", ".join(f"{k} {v / 60:.1f}" for k, v in secs.items() if v > 0) + "."]
+    return out
+
+
+def write_section(root: str | Path) -> Path:
+    """``root/results/lm_delete/SECTION.md``: :func:`section` and the findings of
+    :func:`verdicts` with their criteria, generated from the table (the report's LM section)."""
+    from ablate._infra.io import write_text
+
+    root = Path(root)
+    lines = ["# The language model: deleting, swapping and reordering layers", "",
+             "Generated by `analyses.lm_delete.write_section` from `results.csv` and "
+             "`meta.json` beside this file; figure: `lm_delete.png`.", "",
+             "![lm_delete](lm_delete.png)", "", "## Findings", "",
+             "| source | the paper | ours | verdict | criterion |", "|---|---|---|---|---|"]
+    lines += [f"| {f.section} | {f.claim} | {f.ours} | **{f.verdict}** | {f.criterion} |"
+              for f in verdicts(root)]
+    lines += section(root)
+    path = root / "results" / EXPERIMENT.name / "SECTION.md"
+    write_text(path, "\n".join(lines) + "\n")
+    return path
 
 
 EXPERIMENT = Experiment(

@@ -58,7 +58,8 @@ def _exit_2(argv, capsys) -> str:
     return err[-1]
 
 
-def test_the_command_writes_table_meta_and_figure_and_resumes(tiny, tmp_path, capsys):
+def test_the_command_writes_table_meta_and_figure_and_resumes(tiny, tmp_path, capsys,
+                                                               monkeypatch):
     out = tmp_path / "o"
     assert lm_delete.main(_args(tiny, out)) == 0
     err = capsys.readouterr().err
@@ -78,11 +79,19 @@ def test_the_command_writes_table_meta_and_figure_and_resumes(tiny, tmp_path, ca
     assert meta["clustered_test_limits"]["delete"]["smallest_p_holm"] > 0.05
     assert (out / "lm_delete.png").stat().st_size > 0 and (out / "lm_delete.pdf").exists()
 
-    # a second invocation measures only the new kinds, and meta.json lists both
-    assert lm_delete.main(_args(tiny, out, "--only", "delete", "swap", "window",
-                                "--windows", "2", "3")) == 0
+    # a second invocation measures only the new kinds, and meta.json lists both; its figure
+    # draws every row measured alike (this run's and the first one's)
+    import figures
+
+    drawn = []
+    real_plot = figures.plot_for("lm_delete")
+    monkeypatch.setitem(figures._PLOTS, "lm_delete",
+                        lambda d, **kw: drawn.append(d) or real_plot(d, **kw))
+    assert lm_delete.main(_args(tiny, out, "--only", "window", "--windows", "2", "3")) == 0
+    assert drawn[0].condition.value_counts().to_dict() == {"intact": 1, "delete": 4, "swap": 3,
+                                                           "window": 5}
     err = capsys.readouterr().err
-    assert "reusing 4 of 4 rows" in err
+    assert "reusing 1 of 1 rows" in err  # the intact row
     df2 = pd.read_csv(out / "results.csv")
     assert (df2.condition == "window").sum() == 3 + 2
     pd.testing.assert_frame_equal(df2.iloc[:len(df)][df.columns], df)

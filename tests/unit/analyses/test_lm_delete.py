@@ -318,6 +318,8 @@ def test_verdicts_on_a_table_where_every_claim_holds(tmp_path):
     rows = [line for line in lines if line.startswith("| ")]
     assert rows[1].startswith("| 0 | +2.9") and rows[-1].startswith("| 11 | +1.")
     assert any("in bf16." in line for line in lines)
+    md = lm_delete.write_section(root).read_text()
+    assert "## Findings" in md and "**reproduces**" in md and "| 11 | +1." in md
 
 
 def test_verdicts_can_fail_and_refuse(tmp_path):
