@@ -39,7 +39,7 @@ class Settings:
         "(several points) dominates the test-set noise of 1,000 images (Wilson "
         "half-width about 2.8 points at 25% error, 1.6 at 7%), so the budget goes "
         "to more draws rather than more images; the redundancy measures use the "
-        "same 1,000 images, their rank correlations bootstrapped over them")
+        "same 1,000 images, their rank correlations tested over blocks (exact permutation)")
     drop_samples: int = _setting(
         8, 4,
         "8 random sets per k = 1..20 (161 conditions per network): each mean "

@@ -22,7 +22,7 @@ from analyses import delete_block, drop_blocks, registry, reorder_blocks
 from analyses.deletion import whole_blocks
 from analyses.plan import Plan
 from analyses.training_curves import HUANG_2016
-from analyses.verdicts import ALPHA, EQUIVALENCE_MARGIN, Finding, pct, read, units
+from analyses.verdicts import ALPHA, EQUIVALENCE_MARGIN, VOCABULARY, Finding, pct, read, units
 
 __all__ = ["Finding", "devices", "ensemble_answers", "findings", "networks_named",
            "transformer_section", "wall_seconds", "write_report"]
@@ -38,8 +38,10 @@ def _models() -> list[str]:
         card = json.loads((checkpoint.bundled_dir() / f"{name}.json").read_text())
         arch, w = card.get("arch", name), card.get("weights") or {}
         sd = models.family(name, card, default="") == "stochastic_depth"
-        paper = HE_2015.get(arch) if not sd else (
-            HUANG_2016["stochastic_110"] if arch == "resnet110" else None)
+        paper = (f"{HE_2015[arch]}% (He)" if arch in HE_2015 else None) if not sd else (
+            f"{HUANG_2016['stochastic_110']}% (Huang)" if arch == "resnet110" else None)
+        if not sd and arch == "resnet110":  # Huang et al.'s own constant-depth ResNet-110
+            paper += f" / {HUANG_2016['constant_110']}% (Huang)"
         err = card.get("test_error", card.get("final_test_error"))
         if w:  # a published checkpoint: who trained it and how
             how = f"{w.get('source')} @ {w.get('commit')} ({w.get('recipe', '').split(',')[0]})"
@@ -53,7 +55,7 @@ def _models() -> list[str]:
         rows.append(f"| {name} | {card.get('dataset')} | {trained} | "
                     f"{'n/a' if err is None else f'{100 * err:.2f}%'} | "
                     f"{'' if pub is None else f'{pub:.2f}%'} | "
-                    f"{'' if paper is None else str(paper) + '%'} |")
+                    f"{paper or ''} |")
     head = ("| checkpoint | data | trained by | our test error | its source's number | "
             "paper (He et al. / Huang et al.) |\n|---|---|---|---|---|---|")
     return [head, *rows] if rows else ["No checkpoints are bundled."]
@@ -139,6 +141,10 @@ def networks_named(text: str, names: list[str] | None = None) -> list[str]:
     return [n for n in names if re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", text)]
 
 
+_FALLS_SHORT = ("does not reproduce", "partly", "not comparable", "inconclusive")
+_PASSES = ("reproduces", "extension: holds")
+
+
 def differences(found: list[Finding]) -> list[str]:
     """For every finding that does not reproduce (or only partly): what the networks it names
     were (blocks, epochs and schedule, every deviation on their cards) beside the paper's. The
@@ -156,13 +162,13 @@ def differences(found: list[Finding]) -> list[str]:
 
     out = []
     for f in found:
-        if f.verdict not in ("does not reproduce", "partly"):
+        if f.verdict not in _FALLS_SHORT:
             continue
         nets = named(f.ours)
         paper = next((v for k, v in PAPER_NETWORKS.items() if f.section.startswith(k)), None)
         # the same test passed by other networks of the run: what differs between them is data
         others = [n for g in found if g is not f and g.criterion == f.criterion
-                  and g.verdict == "reproduces" for n in named(g.ours) if n not in nets]
+                  and g.verdict in _PASSES for n in named(g.ours) if n not in nets]
         out += [f"- **{f.section}** ({f.verdict}). "
                 + "; ".join(fact(n) for n in nets)
                 + (f". Paper: {paper}." if paper else ".")
@@ -170,7 +176,8 @@ def differences(found: list[Finding]) -> list[str]:
                    if others else "")]
     if not out:
         return []
-    return ["", "## Where a finding does not reproduce: what differs from the paper", "",
+    return ["", "## Where a finding does not fully reproduce or is not comparable: what differs "
+            "from the paper", "",
             "Read from the cards of the networks each finding names, beside what the paper "
             "used; the verdicts above are not adjusted by any of this.", "", *out]
 
@@ -376,9 +383,9 @@ def write_report(root: str | Path) -> Path:
         *([("The data set is a JPEG (quality 75) copy of CIFAR-10: absolute errors are not "
             "comparable with the papers' pristine CIFAR-10 numbers; the findings are about shapes "
             "and orderings, which are."), ""] if data.get("name") == "cifar10-jpeg" else []),
-        "Each verdict applies the one-line criterion beside it to the tables; \"computed\" marks "
-        "exact arithmetic (nothing measured). Deleted \"units\" are residual blocks (two layers) "
-        "or plain layers (one): k units are not k layers across families.",
+        "Each verdict applies the one-line criterion beside it to the tables. " + VOCABULARY
+        + " Deleted \"units\" are residual blocks (two layers) or plain layers (one): k units "
+        "are not k layers across families.",
         "",
         "## Networks",
         "",

@@ -25,7 +25,7 @@ def test_differences_name_each_network_with_its_card_beside_the_paper(
     ]
     lines = report.differences(found)
     text = "\n".join(lines)
-    assert "## Where a finding does not reproduce" in text
+    assert "## Where a finding does not fully reproduce or is not comparable" in text
     assert len([x for x in lines if x.startswith("- ")]) == 1  # the reproducing one is left out
     assert "resnet20: 9 residual blocks, " in text
     assert "40 epochs, cosine schedule" in text and "instead of 164" in text
@@ -92,3 +92,19 @@ def test_models_table_names_each_device_of_a_moved_run(tmp_path, monkeypatch):
         rows["| vit_cifar"]
     assert "100 epochs: 1-53 on NVIDIA H200, 54-100 on AMD EPYC" in rows["| vit_cifar"]
     assert "100 epochs on AMD EPYC" in rows["| resnet20"]
+
+
+def test_not_comparable_and_inconclusive_findings_are_explained_too(tmp_path, tiny_checkpoints,
+                                                                    monkeypatch):
+    for path in tiny_checkpoints.values():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+        (tmp_path / path.with_suffix(".json").name).write_bytes(
+            path.with_suffix(".json").read_bytes())
+    monkeypatch.setenv("ABLATE_CHECKPOINTS", str(tmp_path))
+    for verdict in ("not comparable", "inconclusive"):
+        found = [Finding("Huang et al. Table 1", "claim", "resnet20: 9%", verdict, "c"),
+                 Finding("Huang et al. Table 1", "claim", "plain20: 9%", "extension: holds",
+                         "c")]
+        text = "\n".join(report.differences(found))
+        assert "resnet20: 9 residual blocks" in text and f"({verdict})" in text
+        assert "The same criterion reproduces on plain20." in text
