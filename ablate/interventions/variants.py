@@ -111,14 +111,18 @@ def validate(variant: Variant, units: Sequence[Block]) -> None:
 
 
 @contextmanager
-def applied(model: nn.Module, variant: Variant) -> Iterator[nn.Module]:
-    """Apply a variant with the interventions themselves (reorder, then gains by position)."""
+def applied(model: nn.Module, variant: Variant, granularity: str = "block"
+            ) -> Iterator[nn.Module]:
+    """Apply a variant with the interventions themselves (reorder, then gains by position;
+    ``granularity="branch"``: a transformer's positions are its attention and MLP branches)."""
     with ExitStack() as stack:
         if variant.order is not None:
+            if granularity != "block":
+                raise UsageError("an order moves whole blocks: give it at granularity 'block'")
             stack.enter_context(reorder(model, variant.order))
         gains = {p: g for p, g in variant.gains if g != 1.0}
         if gains:
-            stack.enter_context(swapped(model, _gated(model, gains)))
+            stack.enter_context(swapped(model, _gated(model, gains, granularity)))
         yield model
 
 
