@@ -11,6 +11,8 @@ and the intact net (packed bits) so that two networks can be compared image by i
 Transformers can also lose one attention or MLP branch at a time (``branches=True``): those rows
 have ``granularity`` "branch", the branch's index in ``blocks(model, "branch")`` as ``block``, and
 its ``layer`` and ``branch`` ("attn", "mlp"); whole-block rows have ``granularity`` "block".
+torchvision ViTs run their branches through the batched engine (``granularity="branch"``, bitwise
+the interventions' outcome); other transformers one pass per branch through the interventions.
 
 "Which blocks hurt" is read from McNemar's p after Holm's correction over a network's blocks;
 "no noticeable change" needs an equivalence test (TOST) of the paired difference against a stated
@@ -27,7 +29,7 @@ import pandas as pd
 from ablate._infra.errors import UsageError
 from ablate.data import Dataset
 from ablate.interventions import delete
-from ablate.interventions.variants import Variant
+from ablate.interventions.variants import Variant, evaluate_variants
 from ablate.measures import Outcome, evaluate, mcnemar_exact
 from ablate.measures.stats import (
     discordant,
@@ -36,7 +38,7 @@ from ablate.measures.stats import (
 )
 from ablate.models.blocks import Block, blocks, deletable_units
 from ablate.models.checkpoint import Loaded
-from ablate.models.transformers import is_transformer
+from ablate.models.transformers import ViTBranch, is_transformer
 from analyses.context import condition
 from analyses.sweep import outcome_columns, resume, sweep
 from analyses.table import Table
@@ -138,18 +140,28 @@ def run(
         return whole
     parts = blocks(loaded.model, "branch")
     layer = {b.name: b.index for b in units}
+    batched = all(isinstance(b, ViTBranch) for b in parts)
 
-    def measure(keys: list[dict]) -> list[dict]:  # the interventions themselves, one pass each
-        out = []
-        for k in keys:
-            b = parts[k["block"]]
-            with delete(loaded.model, [b.index], granularity="branch"):
-                o = evaluate(loaded.model, ds.images, ds.labels, batch_size=batch_size,
-                             progress=progress, desc=f"{loaded.name} {b.name}",
-                             mean=loaded.mean, std=loaded.std)
-            out.append({**k, **row(base, b, o, intact(), layer[b.layer])})
-        return out
+    def measure(keys: list[dict]) -> list[dict]:
+        """torchvision ViTs: the batched engine over branches (bitwise the interventions);
+        other transformers: the interventions themselves, one pass each."""
+        bs = [parts[k["block"]] for k in keys]
+        if batched:
+            outs = evaluate_variants(
+                loaded.model, ds.images, ds.labels, [Variant.deleting(b.index) for b in bs],
+                mean=loaded.mean, std=loaded.std, batch_size=batch_size, max_rows=max_rows,
+                progress=progress, desc=f"{loaded.name} {bs[0].name}..", granularity="branch")
+        else:
+            outs = []
+            for b in bs:
+                with delete(loaded.model, [b.index], granularity="branch"):
+                    outs.append(evaluate(loaded.model, ds.images, ds.labels,
+                                         batch_size=batch_size, progress=progress,
+                                         desc=f"{loaded.name} {b.name}", mean=loaded.mean,
+                                         std=loaded.std))
+        return [{**k, **row(base, b, o, intact(), layer[b.layer])}
+                for k, b, o in zip(keys, bs, outs)]
 
     single = resume(table, [{**base, "granularity": "branch", "block": b.index} for b in parts],
-                    measure, what=f"{loaded.name} branches", group=2)
+                    measure, what=f"{loaded.name} branches", group=group if batched else 2)
     return pd.concat([whole, single], ignore_index=True)

@@ -34,10 +34,11 @@ from ablate.interventions.edits import (
 )
 from ablate.measures import Outcome, evaluate, outcome
 from ablate.models.blocks import Block, Glue, chain, restore_flags, train_flags
+from ablate.models.transformers import is_transformer, vit_chain
 
 __all__ = [
     "Variant", "applied", "validate", "intact_pass", "forward_variants", "evaluate_variants",
-    "evaluate_naive",
+    "evaluate_naive", "steps_of",
 ]
 
 
@@ -126,10 +127,23 @@ def applied(model: nn.Module, variant: Variant, granularity: str = "block"
         yield model
 
 
-def intact_pass(model: nn.Module, x: Tensor) -> tuple[list[Tensor], Tensor]:
+def steps_of(model: nn.Module, granularity: str = "block") -> list[Block | Glue]:
+    """The forward pass as the engine runs it: ``chain(model)``, or for a torchvision ViT at
+    ``granularity="branch"`` its attention and MLP branches as the units."""
+    if granularity == "block":
+        return chain(model)
+    if granularity != "branch":
+        raise UsageError(f"granularity must be 'block' or 'branch', not {granularity!r}")
+    if not is_transformer(model):
+        raise UsageError(f"{type(model).__name__} is not a transformer: it has no branches")
+    return vit_chain(model, "branch")
+
+
+def intact_pass(model: nn.Module, x: Tensor, granularity: str = "block"
+                ) -> tuple[list[Tensor], Tensor]:
     """The intact network on ``x``: the input of every unit, and the logits."""
     inputs, h = [], x
-    for step in chain(model):
+    for step in steps_of(model, granularity):
         if isinstance(step, Glue):
             h = step(h)
         else:
@@ -142,16 +156,19 @@ def intact_pass(model: nn.Module, x: Tensor) -> tuple[list[Tensor], Tensor]:
 def forward_variants(
     model: nn.Module, x: Tensor, variants: Sequence[Variant],
     intact: tuple[list[Tensor], Tensor] | None = None,
+    granularity: str = "block",
 ) -> list[Tensor]:
     """Logits of every variant on batch ``x`` (a list of [B, classes] tensors, in order).
 
-    ``intact`` is ``intact_pass(model, x)``, computed once and shared by several calls.
+    ``intact`` is ``intact_pass(model, x, granularity)``, computed once and shared by several
+    calls. ``granularity="branch"`` (torchvision ViTs): positions are the attention and MLP
+    branches (2i, 2i + 1 of layer i), as ``blocks(model, "branch")`` numbers them.
     """
-    steps = chain(model)
+    steps = steps_of(model, granularity)
     units = [s for s in steps if isinstance(s, Block)]
     for var in variants:
-        validate(var, units)
-    inputs, logits = intact_pass(model, x) if intact is None else intact
+        _validate_at(var, units, granularity)
+    inputs, logits = intact_pass(model, x, granularity) if intact is None else intact
     starts: dict[int, list[int]] = {}
     for v, var in enumerate(variants):
         d = var.first_change()
@@ -180,6 +197,12 @@ def forward_variants(
             for v in vids:
                 out[v] = act[k * b:(k + 1) * b]
     return out
+
+
+def _validate_at(variant: Variant, units: Sequence[Block], granularity: str) -> None:
+    if granularity != "block" and isinstance(variant, Variant) and variant.order is not None:
+        raise UsageError("an order moves whole blocks: give it at granularity 'block'")
+    validate(variant, units)
 
 
 def _advance(
@@ -219,8 +242,10 @@ def evaluate_variants(
     max_rows: int | None = None,
     progress: bool = True,
     desc: str = "variants",
+    granularity: str = "block",
 ) -> list[Outcome]:
-    """Per-image outcome of every variant over uint8 ``images`` (model in eval mode).
+    """Per-image outcome of every variant over uint8 ``images`` (model in eval mode);
+    ``granularity="branch"``: see :func:`forward_variants`.
 
     ``max_rows`` bounds the rows in flight (batch size x variants run together); by default
     16384 on a GPU and 512 on the CPU, where large batches fall out of the caches.
@@ -243,9 +268,10 @@ def evaluate_variants(
         for i in range(0, len(images), batch_size):
             x = normalize(images[i:i + batch_size].to(device), m, s, dtype=dtype)
             y = labels[i:i + batch_size].to(device)
-            intact = intact_pass(model, x)  # shared by every chunk of variants
+            intact = intact_pass(model, x, granularity)  # shared by every chunk of variants
             for chunk in chunks:
-                logits = forward_variants(model, x, [variants[v] for v in chunk], intact)
+                logits = forward_variants(model, x, [variants[v] for v in chunk], intact,
+                                          granularity)
                 for v, lg in zip(chunk, logits):
                     parts[v].append(outcome(lg, y))
                 bar.update(len(x) * len(chunk))
@@ -265,10 +291,11 @@ def evaluate_naive(
     std: Sequence[float],
     batch_size: int = 256,
     progress: bool = False,
+    granularity: str = "block",
 ) -> list[Outcome]:
     """The reference: one full forward pass per variant, through the interventions."""
     out = []
     for var in tqdm(variants, desc="naive", disable=not progress, leave=False):
-        with applied(model, var):
+        with applied(model, var, granularity):
             out.append(evaluate(model, images, labels, mean=mean, std=std, batch_size=batch_size))
     return out

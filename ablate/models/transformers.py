@@ -30,7 +30,8 @@ from .._infra.errors import UsageError
 from .units import Block, Glue, _resolve, get_module
 
 __all__ = [
-    "Layout", "TransformerBlock", "ViTBlock", "layout", "is_transformer", "transformer_blocks",
+    "Layout", "TransformerBlock", "ViTBlock", "ViTBranch", "layout", "is_transformer",
+    "transformer_blocks",
     "layer_paths", "attention_of", "vit_chain", "GRANULARITIES",
 ]
 
@@ -268,8 +269,47 @@ class ViTBlock(TransformerBlock):
         return torch.cat([self._gained(m, c, g) for c, g in zip(x.split(list(sizes)), gains)])
 
 
-def vit_chain(model: nn.Module) -> list[Block | Glue]:
-    """torchvision ``VisionTransformer`` as stem, encoder layers and head (see ``blocks.chain``).
+@dataclass(frozen=True, eq=False)
+class ViTBranch(TransformerBlock):
+    """One branch of a torchvision ViT encoder layer, as the batched lesion engine runs it.
+
+    ``branch="attn"``: ``h = dropout(g * attn(ln_1(x))) + x``; ``"mlp"``: ``y = h + g *
+    mlp(ln_2(h))``. With g = 1 the two in turn are the layer's own forward, op for op; with g = 0
+    a branch adds zeros (what its gate returns), as the interventions compute it.
+    """
+
+    def _layer(self) -> nn.Module:
+        return get_module(self._model, self.layer)
+
+    def unit(self, x: Tensor) -> Tensor:
+        return self._gained(self._layer(), x, 1.0)
+
+    def __call__(self, x: Tensor, gain: float = 1.0) -> Tensor:
+        return self._gained(self._layer(), x, gain)
+
+    def _gained(self, m: nn.Module, x: Tensor, g: float) -> Tensor:
+        if self.branch == "attn":
+            if g == 0.0:
+                return m.dropout(torch.zeros_like(x)) + x
+            q = m.ln_1(x)
+            a, _ = m.self_attention(q, q, q, need_weights=False)
+            return m.dropout(a if g == 1.0 else g * a) + x
+        if g == 0.0:
+            return x + torch.zeros_like(x)
+        y = m.mlp(m.ln_2(x))
+        return x + (y if g == 1.0 else g * y)
+
+    def apply_gains(self, x: Tensor, gains, sizes) -> Tensor:
+        """Each chunk alone with its gain, at the size the naive loop runs it (see ViTBlock)."""
+        m = self._layer()
+        if len(gains) == 1:
+            return self._gained(m, x, gains[0])
+        return torch.cat([self._gained(m, c, g) for c, g in zip(x.split(list(sizes)), gains)])
+
+
+def vit_chain(model: nn.Module, granularity: str = "block") -> list[Block | Glue]:
+    """torchvision ``VisionTransformer`` as stem, encoder layers and head (see ``blocks.chain``);
+    ``granularity="branch"``: each layer's attention and MLP branch in turn (:class:`ViTBranch`).
 
     Stem: patch embedding, class token, position embedding, dropout; head: final LayerNorm, the
     class token's features, the classification head. Composed, bitwise ``model(x)``.
@@ -288,13 +328,14 @@ def vit_chain(model: nn.Module) -> list[Block | Glue]:
     def head(x: Tensor) -> Tensor:
         return model.heads(enc.ln(x)[:, 0])
 
-    return [Glue("stem", stem), *transformer_blocks(model), Glue("head", head)]
+    return [Glue("stem", stem), *transformer_blocks(model, granularity), Glue("head", head)]
 
 
 def transformer_blocks(model: nn.Module, granularity: str = "block") -> list[TransformerBlock]:
     """The layers (``granularity="block"``) or branches (``"branch"``) of a transformer.
 
-    torchvision ViT layers are :class:`ViTBlock` s, which the batched engine runs.
+    torchvision ViT layers are :class:`ViTBlock` s and their branches :class:`ViTBranch` es,
+    which the batched engine runs.
     """
     if granularity not in GRANULARITIES:
         raise UsageError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
@@ -310,8 +351,9 @@ def transformer_blocks(model: nn.Module, granularity: str = "block") -> list[Tra
             ))
             continue
         layer = _resolve(module)
+        part = ViTBranch if fam.name == "torchvision_vit" else TransformerBlock
         for br, attr in (("attn", fam.attn), ("mlp", fam.mlp)):
-            out.append(TransformerBlock(
+            out.append(part(
                 len(out), f"{path}.{attr}", 1, False, "residual", getattr(layer, attr),
                 layer=path, branch=br, layout=fam, _model=model,
             ))
