@@ -1362,11 +1362,18 @@ def _closing(d: pd.DataFrame, meta: dict) -> list[str]:
            f"({', '.join(f'{k} {v}' for k, v in versions.items())}), in {d['dtype'].iloc[0]}; "
            f"{len(inv)} invocation(s) that measured rows: "
            + "; ".join(f"{x.get('rows')} rows in {float(x.get('wall_seconds') or 0) / 60:.1f} "
-                       f"min ({x.get('command', '').split(' --out')[0]})" for x in inv)
+                       f"min (`{_flags(x.get('command', ''))}`)" for x in inv)
            + f"; {sum(float(x.get('wall_seconds') or 0) for x in inv) / 60:.1f} min in all. "
            "Compute per kind of condition (minutes, the intact passes not counted): "
            + ", ".join(f"{k} {v / 60:.1f}" for k, v in secs.items() if v > 0) + "."]
     return out
+
+
+def _flags(command: str) -> str:
+    """A command line without its program and ``--out`` folder: what chose the conditions."""
+    import re
+
+    return re.sub(r"\s*--out\s+\S+", "", " ".join(command.split()[1:])) or "defaults"
 
 
 def write_section(root: str | Path) -> Path:
