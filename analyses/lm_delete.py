@@ -1400,7 +1400,8 @@ EXPERIMENT = Experiment(
     paper="Lad et al. 2024; Men et al. 2024 (ShortGPT); Gromov et al. 2024; Veit et al. 2016 "
           "Figs. 5a/5b asked of an LM",
     run=run, key=KEY, options=Options, measure=measure, verdicts=verdicts, reproduce=reproduce,
-    order=80, summary="delete, swap and reorder the layers of a language model (Lad et al. "
-    "2024, ShortGPT, Gromov et al. 2024); default smollm2-135m",
+    section=section, order=80,
+    summary="delete, swap and reorder the layers of a language model (Lad et al. 2024, "
+            "ShortGPT, Gromov et al. 2024); default smollm2-135m",
     default_models=("smollm2-135m",),
 )

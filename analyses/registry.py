@@ -73,6 +73,7 @@ class Experiment:
     summary: str = ""  # one line for ``--list`` (default: the paper)
     order: int = 100  # place in reproduce's plan and the report (cheap steps first)
     verdicts: Callable[[Path], list[Finding]] | None = None
+    section: Callable[[Path], list[str]] | None = None  # its own REPRODUCTION.md lines, if any
     reproduce: Callable[[Plan, Settings], Any] | None = None
     default_models: tuple[str, ...] = ("resnet20",)  # what runs when no --model is given
     demo_limit: int | None = None  # images of that default demo (None: all)

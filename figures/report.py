@@ -402,6 +402,9 @@ def write_report(root: str | Path) -> Path:
                      f"| {f.measured or _measured(root, f.table or a, run)} |")
     lines += differences([f for _, f in found])
     lines += transformer_section(root)
+    for e in registry.experiments():  # an experiment's own section (the LM's per-layer table)
+        if e.section is not None:
+            lines += e.section(root)
     lines += _sizes(run)
     figs = sorted(str(p.relative_to(root)) for p in root.glob("results/*/*.png"))
     if figs:
