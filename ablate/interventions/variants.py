@@ -3,16 +3,23 @@
 A *variant* gives each unit position a gain (1 intact, 0 deleted, other values rescale the
 residual branch) and optionally a block order. The naive way costs one full forward pass per
 variant. Here, per data batch, the intact network runs once and keeps the input of every unit;
-each variant then starts from the cached input at its first changed position, and all variants of
-a chunk run together as one large batch, splitting into separate streams only where they differ.
-Each row goes through exactly the operations the intervention wrappers apply, so logits and error
-counts equal the naive loop's (bitwise on the CPU; on a GPU, convolution algorithms chosen per
-batch size can differ in the last bits).
+each variant then starts from the cached input at its first changed position, and the variants
+of a chunk run together as one large batch (``max_rows``), splitting into separate streams only
+where they differ. Each row goes through exactly the operations the intervention wrappers apply.
+
+On the CPU a chunk is by default one variant (the rows of one batch, the shapes the naive loop
+runs), and ``workers`` threads with one intra-op thread each run chunks side by side: logits
+and error counts are bitwise the naive loop's. Larger chunks (``max_rows`` above the batch) share
+more of multi-block variants' streams but may select other float32 kernels (last bits); on a
+GPU, convolution algorithms chosen per batch size can likewise differ in the last bits.
+``channels_last`` is opt-in and not bitwise. Transformers' branches: ``granularity="branch"``
+(torchvision ViTs); decoder LMs: :mod:`ablate.interventions.lm_variants`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -243,17 +250,32 @@ def evaluate_variants(
     progress: bool = True,
     desc: str = "variants",
     granularity: str = "block",
+    workers: int | None = None,
+    channels_last: bool = False,
 ) -> list[Outcome]:
     """Per-image outcome of every variant over uint8 ``images`` (model in eval mode);
     ``granularity="branch"``: see :func:`forward_variants`.
 
-    ``max_rows`` bounds the rows in flight (batch size x variants run together); by default
-    16384 on a GPU and 512 on the CPU, where large batches fall out of the caches.
+    ``max_rows`` bounds the rows in flight per worker (batch size x variants run together); by
+    default 16384 on a GPU and the batch on the CPU, where large batches fall out of the caches.
+    ``workers`` (CPU; default: the intra-op threads, ``torch.get_num_threads()``) threads run
+    chunks of variants side by side, one intra-op thread each: independent streams need no
+    barrier between the cores, which a loaded host makes costly; each row's arithmetic is the
+    same (bitwise, tested). ``channels_last`` (opt-in, CUDA and CPU) runs the network on
+    channels-last tensors: faster kernels whose reductions may round differently, so logits can
+    differ from the naive loop's in the last bits (see ``benchmarks/lesion_sweep.py``).
     """
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
+    units = [u for u in steps_of(model, granularity) if isinstance(u, Block)]
+    for var in variants:
+        _validate_at(var, units, granularity)
     if max_rows is None:
-        max_rows = 16384 if device.type == "cuda" else 512
+        max_rows = 16384 if device.type == "cuda" else batch_size
+    if workers is None:
+        workers = torch.get_num_threads() if device.type == "cpu" else 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"workers must be a positive integer, not {workers!r}")
     per_chunk = max(1, max_rows // batch_size)
     order = sorted(range(len(variants)), key=lambda v: variants[v].first_change() or -1)
     chunks = [order[i:i + per_chunk] for i in range(0, len(order), per_chunk)]
@@ -262,23 +284,54 @@ def evaluate_variants(
     flags = train_flags(model)
     model.eval()
     parts: list[list[Outcome]] = [[] for _ in variants]
+    pool = (ThreadPoolExecutor(min(workers, len(chunks)), initializer=torch.set_num_threads,
+                               initargs=(1,))
+            if workers > 1 and device.type == "cpu" and len(chunks) > 1 else None)
     try:
-        bar = tqdm(total=len(images) * len(variants), desc=desc, unit="img", disable=not progress,
-                   unit_scale=True, leave=False)
-        for i in range(0, len(images), batch_size):
-            x = normalize(images[i:i + batch_size].to(device), m, s, dtype=dtype)
-            y = labels[i:i + batch_size].to(device)
-            intact = intact_pass(model, x, granularity)  # shared by every chunk of variants
-            for chunk in chunks:
-                logits = forward_variants(model, x, [variants[v] for v in chunk], intact,
-                                          granularity)
-                for v, lg in zip(chunk, logits):
-                    parts[v].append(outcome(lg, y))
-                bar.update(len(x) * len(chunk))
-        bar.close()
+        with _memory_format(model, channels_last):
+            bar = tqdm(total=len(images) * len(variants), desc=desc, unit="img",
+                       disable=not progress, unit_scale=True, leave=False)
+            for i in range(0, len(images), batch_size):
+                x = normalize(images[i:i + batch_size].to(device), m, s, dtype=dtype,
+                              channels_last=channels_last)
+                y = labels[i:i + batch_size].to(device)
+                intact = intact_pass(model, x, granularity)  # shared by every chunk
+
+                def run(chunk: list[int], x=x, y=y, intact=intact) -> list[Outcome]:
+                    logits = forward_variants(model, x, [variants[v] for v in chunk], intact,
+                                              granularity)
+                    return [outcome(lg, y) for lg in logits]
+
+                for chunk, outs in zip(chunks, pool.map(run, chunks) if pool else map(
+                        run, chunks)):
+                    for v, o in zip(chunk, outs):
+                        parts[v].append(o)
+                    bar.update(len(x) * len(chunk))
+            bar.close()
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         restore_flags(flags)
     return [Outcome.cat(p) for p in parts]
+
+
+@contextmanager
+def _memory_format(model: nn.Module, channels_last: bool) -> Iterator[None]:
+    """Channels-last 4-d parameters while the block runs (values unchanged), then back."""
+    if not channels_last:
+        yield
+        return
+    params = [p for p in model.parameters() if p.dim() == 4]
+    before = [p.data for p in params]
+    try:
+        with torch.inference_mode(False):
+            for p in params:
+                p.data = p.data.contiguous(memory_format=torch.channels_last)
+        yield
+    finally:
+        with torch.inference_mode(False):
+            for p, d in zip(params, before):
+                p.data = d
 
 
 def evaluate_naive(

@@ -277,3 +277,62 @@ def test_mean_interval():
     assert (m, lo, hi) == (2.5, pytest.approx(2.5 - half), pytest.approx(2.5 + half))
     m, lo, hi = mean_interval([7.0])
     assert m == 7.0 and math.isnan(lo) and math.isnan(hi)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU execution: worker threads (bitwise), channels-last (opt-in, not bitwise)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "plain20", "preact_resnet20"])
+@pytest.mark.parametrize("workers,max_rows", [(1, None), (2, None), (3, None), (2, 4), (2, 100),
+                                               (1, 100)])
+def test_workers_bitwise_the_naive_loop_in_float32(name, workers, max_rows):
+    """One batch per call (the CPU default) runs every kernel at the naive loop's shapes: bitwise
+    in float32 whatever the threads. Stacking variants (``max_rows`` above the batch) may pick
+    other float32 kernels: close, not bitwise (float64 tests above are bitwise either way)."""
+    torch.manual_seed(0)
+    model = randomise_bn(models.create(name)).eval()
+    units = 18 if name == "plain20" else 9
+    keep = [i for i in range(units) if name != "plain20" or i not in (6, 12)]
+    variants = [Variant.deleting(i) for i in keep] + [Variant.deleting([0, keep[-1]]), Variant()]
+    if name != "plain20":
+        variants += [Variant.scaling({2: 0.5}), Variant.reordered(RESNET20_ORDERS[1])]
+    images, _ = data(9)
+    labels = labels_half_right(model.double(), images)
+    model.float()
+    kw = {"mean": MEAN, "std": STD, "batch_size": 4}
+    naive = evaluate_naive(model, images, labels, variants, **kw)
+    got = evaluate_variants(model, images, labels, variants, workers=workers, max_rows=max_rows,
+                            progress=False, **kw)
+    if max_rows in (None, 4):
+        assert_same(got, naive, variants)
+    else:
+        for a, b in zip(got, naive):
+            torch.testing.assert_close(a.loss, b.loss, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_is_opt_in_close_and_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = randomise_bn(models.create("resnet20")).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images, labels = data(6)
+    variants = [Variant.deleting(i) for i in range(9)]
+    kw = {"mean": MEAN, "std": STD, "batch_size": 3, "progress": False}
+    exact = evaluate_variants(model, images, labels, variants, **kw)
+    cl = evaluate_variants(model, images, labels, variants, channels_last=True, **kw)
+    for a, b in zip(cl, exact):
+        torch.testing.assert_close(a.loss, b.loss, rtol=1e-4, atol=1e-5)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) and v.is_contiguous(), k
+
+
+def test_workers_and_variants_are_checked_before_anything_runs():
+    model = make("resnet20")
+    images, labels = data(2)
+    kw = {"mean": MEAN, "std": STD, "batch_size": 2, "progress": False}
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(UsageError, match="workers"):
+            evaluate_variants(model, images, labels, [Variant()], workers=bad, **kw)
+    with pytest.raises(UsageError):
+        evaluate_variants(model, images, labels, [Variant(), Variant.deleting(99)], workers=2,
+                          **kw)
