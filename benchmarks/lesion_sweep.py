@@ -1,20 +1,27 @@
 """The full single-block lesion sweep: the batched engine against one forward pass per deletion.
 
-    python benchmarks/lesion_sweep.py --model resnet110 --device cpu --out sweep.json
+    OMP_NUM_THREADS=2 python benchmarks/lesion_sweep.py --model resnet110 \\
+        --checkpoint ablate/checkpoints/resnet110.safetensors --n-images 1000 --channels-last \\
+        --out benchmarks/lesion_sweep_resnet110_cpu.json
     python benchmarks/lesion_sweep.py --model resnet56 --checkpoint \\
         ablate/checkpoints/resnet56.safetensors --amp bf16 --skip-naive --out bf16.json
 
 Deletes every deletable unit of ``--model`` alone (54 blocks for ResNet-110) over the first
-``--n-images`` images of the data (default: the bundled pristine CIFAR-10 test split, all 10,000),
-once with ``ablate.interventions.evaluate_variants`` (the intact prefix computed once per batch,
-many variants per pass) and once with ``evaluate_naive`` (the interventions, one full pass per
-deletion), on the same device with the images already there, and reports both times, their ratio
-and whether every error count agrees. Each is timed after an untimed warm-up on the first batch.
+``--n-images`` images of the data (default: the bundled pristine CIFAR-10 test split), with
+``ablate.interventions.evaluate_variants`` (the intact prefix computed once per batch, chunks of
+variants side by side in worker threads) and with ``evaluate_naive`` (the interventions, one full
+pass per deletion), on the same device, in the same process, **interleaved batch by batch** (the
+order alternating), so that a host whose load changes (other jobs) weighs on both alike. It
+reports both times, the ratio of the totals, the spread of the per-batch ratios (median, min,
+max), the load average before and after, and whether every error count and loss agrees bitwise.
+
+``--channels-last`` adds the engine on channels-last tensors (opt-in: not bitwise) and reports how
+many deletions' error counts change against fp32 NCHW. ``--amp bf16`` adds the engine under bf16
+autocast (opt-in) likewise. Work and speed: the multiply-adds each side executes (convolutions
+and linear layers, counted by hooks) per second, against a compute-bound reference convolution
+on this machine (``reference_gflops``: what the cores sustain on a large 3x3 convolution).
 Weights are random unless ``--checkpoint`` is given: the time does not depend on the weights (the
-error counts do, and they are compared either way). ``--amp bf16`` adds a run of the engine and
-of the intact net under bf16 autocast (opt-in, never what reported numbers use) and reports which
-error counts change against fp32; it says whether this CPU has native bf16 (on one without, bf16
-is emulated: slow, and its counts still tell whether bf16 changes any).
+error counts do, and they are compared either way).
 """
 
 from __future__ import annotations
@@ -22,33 +29,29 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ablate import data, models
 from ablate._infra import distributed
 from ablate._infra.provenance import device_name, versions
-from ablate.interventions.variants import Variant, evaluate_naive, evaluate_variants
+from ablate.interventions.variants import Variant, evaluate_naive, evaluate_variants, steps_of
 from ablate.models import checkpoint
+from ablate.models.blocks import Block
 from analyses.delete_block import deletable
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device) -> tuple[float, object]:
-    _sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return time.perf_counter() - t0, out
 
 
 def _load(args: argparse.Namespace, device: torch.device) -> checkpoint.Loaded:
@@ -69,93 +72,176 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-images", type=int, default=10000)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=None, help="default: 1000 GPU, 100 CPU")
-    p.add_argument("--max-rows", type=int, default=None, help="engine rows in flight")
-    p.add_argument("--channels-last", action="store_true", help="both methods, CUDA mainly")
+    p.add_argument("--max-rows", type=int, default=None, help="engine rows per call")
+    p.add_argument("--workers", type=int, default=None, help="engine worker threads")
+    p.add_argument("--channels-last", action="store_true",
+                   help="also the engine on channels-last tensors (opt-in, not bitwise)")
     p.add_argument("--amp", choices=("none", "bf16"), default="none",
-                   help="also run the engine under bf16 autocast and compare its error counts "
-                        "with fp32 (opt-in)")
+                   help="also the engine under bf16 autocast (opt-in)")
     p.add_argument("--skip-naive", action="store_true", help="time the engine only")
     p.add_argument("--out", default=None, help="write the report as JSON here")
     return p
 
 
-def _time_naive(naive, warm, variants, out_engine, t_engine, device, work) -> dict:
-    """The module-swapping loop on the same work, and whether it agrees with the engine."""
-    naive(*warm, vs=variants[:2])
-    t_naive, out_naive = _timed(naive, device)
-    return {
-        "naive_s": round(t_naive, 3), "naive_images_per_s": round(work / t_naive, 1),
-        "speedup": round(t_naive / t_engine, 2),
-        "errors_agree": [o.errors for o in out_engine] == [o.errors for o in out_naive],
-        "max_loss_diff": max(float((a.loss - b.loss).abs().max())
-                             for a, b in zip(out_engine, out_naive)),
-    }
+def unit_macs(model: nn.Module, x: torch.Tensor) -> tuple[list[int], int, int]:
+    """Multiply-adds per image of each unit, of the stem and of the head (conv and linear)."""
+    count = [0]
+
+    def hook(m, inp, out):
+        if isinstance(m, nn.Conv2d):
+            k = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+            count[0] += out[0].numel() * k
+        elif isinstance(m, nn.Linear):
+            count[0] += out[0].numel() * m.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    per_unit, stem, head, h = [], 0, 0, x[:1]
+    try:
+        with torch.inference_mode():
+            steps = steps_of(model)
+            for i, step in enumerate(steps):
+                count[0] = 0
+                h = step.unit(h) if isinstance(step, Block) else step(h)
+                if isinstance(step, Block):
+                    per_unit.append(count[0])
+                elif i == 0:
+                    stem = count[0]
+                else:
+                    head += count[0]
+    finally:
+        for hd in handles:
+            hd.remove()
+    return per_unit, stem, head
 
 
-def _time_bf16(engine, intact, warm, out_engine, device, work) -> dict:
-    """The engine under bf16 autocast, and which error counts move from fp32 (the intact net's
-    and each deletion's)."""
-    from ablate.training.precision import cpu_has_native_bf16
+def reference_gflops(device: torch.device, seconds: float = 3.0) -> float:
+    """GFLOP/s of a compute-bound 3x3 convolution (256 channels, 16x16, batch 32) here."""
+    conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device).eval()
+    x = torch.randn(32, 256, 16, 16, device=device)
+    flops = 2 * 32 * 256 * 16 * 16 * 256 * 9
+    with torch.inference_mode():
+        conv(x)
+        best, t_end = float("inf"), time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            _sync(device)
+            t0 = time.perf_counter()
+            conv(x)
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+    return flops / best / 1e9
 
-    ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if device.type in ("cuda", "cpu")
-           else contextlib.nullcontext())
-    base = intact()
-    with ctx:
-        engine(*warm)
-        t_amp, out_amp = _timed(engine, device)
-        amp = intact()
-    moved = [abs(a.errors - b.errors) for a, b in zip(out_amp, out_engine)]
-    return {
-        "bf16_native": device.type == "cuda" or cpu_has_native_bf16(),
-        "engine_bf16_s": round(t_amp, 3), "engine_bf16_images_per_s": round(work / t_amp, 1),
-        "bf16_errors_agree_with_fp32": not any(moved) and amp.errors == base.errors,
-        "bf16_deletions_with_changed_count": sum(m > 0 for m in moved),
-        "bf16_error_count_max_diff": max(moved),
-        "intact_errors_fp32": base.errors, "intact_errors_bf16": amp.errors,
-    }
+
+def _spread(base: list[float], other: list[float]) -> dict:
+    r = [a / b for a, b in zip(base, other)]
+    return {"median": round(statistics.median(r), 2), "min": round(min(r), 2),
+            "max": round(max(r), 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-
     device = distributed.device(args.device)
     loaded = _load(args, device)
     model = loaded.model
     ds = data.load(args.data, "test", quiet=True).subset(args.n_images)
     images, labels = ds.images.to(device), ds.labels.to(device)
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
     bs = args.batch_size or (1000 if device.type == "cuda" else 100)
-    variants = [Variant.deleting(i) for i in deletable(loaded)]
-    norm = {"mean": loaded.mean, "std": loaded.std}
+    idx = deletable(loaded)
+    variants = [Variant.deleting(i) for i in idx]
+    norm = {"mean": loaded.mean, "std": loaded.std, "batch_size": bs}
+    ekw = {"max_rows": args.max_rows, "workers": args.workers, "progress": False, **norm}
+    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == "bf16"
+           else contextlib.nullcontext())
 
-    def engine(imgs=images, lbls=labels):
-        return evaluate_variants(model, imgs, lbls, variants, batch_size=bs,
-                                 max_rows=args.max_rows, progress=False, **norm)
+    methods = {"engine": lambda x, y: evaluate_variants(model, x, y, variants, **ekw)}
+    if not args.skip_naive:
+        methods["naive"] = lambda x, y: evaluate_naive(model, x, y, variants, **norm)
+    if args.channels_last:
+        methods["engine_channels_last"] = lambda x, y: evaluate_variants(
+            model, x, y, variants, channels_last=True, **ekw)
+    if args.amp == "bf16":
+        def bf16(x, y):
+            with amp:
+                return evaluate_variants(model, x, y, variants, **ekw)
+        methods["engine_bf16"] = bf16
 
-    def intact():
-        return evaluate_naive(model, images, labels, [Variant()], batch_size=bs, **norm)[0]
+    for f in methods.values():  # untimed warm-up on the first batch
+        f(images[:bs], labels[:bs])
+    load_before = os.getloadavg()
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    outs: dict[str, list[list]] = {k: [] for k in methods}
+    names = list(methods)
+    for b, i in enumerate(range(0, len(images), bs)):
+        x, y = images[i:i + bs], labels[i:i + bs]
+        for name in (names if b % 2 == 0 else names[::-1]):
+            _sync(device)
+            t0 = time.perf_counter()
+            outs[name].append(methods[name](x, y))
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    load_after = os.getloadavg()
+    from ablate.measures import Outcome
 
-    def naive(imgs=images, lbls=labels, vs=variants):
-        return evaluate_naive(model, imgs, lbls, vs, batch_size=bs, **norm)
+    res = {k: [Outcome.cat([o[v] for o in outs[k]]) for v in range(len(variants))] for k in outs}
+    intact = evaluate_naive(model, images, labels, [Variant()], **norm)[0]
 
-    warm = (images[:bs], labels[:bs])
-    engine(*warm)
+    per_unit, stem, head = unit_macs(model, images[:1].float())
+    full = stem + sum(per_unit) + head
+    naive_macs = sum(full - per_unit[i] for i in idx) * len(ds)
+    engine_macs = (full + sum(sum(per_unit[i + 1:]) + head for i in idx)) * len(ds)
+    t_engine = sum(times["engine"])
     n_var, n_img = len(variants), len(ds)
     report: dict = {
         "model": args.model, "weights": args.checkpoint or "random init (timing does not depend "
         "on the weights)", "deletions": n_var, "n_images": n_img, "data": ds.name,
-        "batch_size": bs, "max_rows": args.max_rows, "channels_last": args.channels_last,
-        "device": device_name(device), "torch": torch.__version__, "versions": versions(),
+        "batch_size": bs, "max_rows": args.max_rows, "workers": args.workers or (
+            torch.get_num_threads() if device.type == "cpu" else 1),
+        "device": device_name(device), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch": torch.__version__, "versions": versions(),
+        "timing": "interleaved per batch of images, order alternating; same process",
+        "load_average_before": [round(v, 2) for v in load_before],
+        "load_average_after": [round(v, 2) for v in load_after],
+        "macs_per_image_intact": full, "reference_gflops": round(reference_gflops(device), 1),
+        "engine_s": round(t_engine, 3), "engine_images_per_s": round(n_var * n_img / t_engine, 1),
+        "engine_gflops": round(2 * engine_macs / t_engine / 1e9, 1),
+        "intact_errors": intact.errors,
     }
-    t_engine, out_engine = _timed(engine, device)
-    report["engine_s"] = round(t_engine, 3)
-    report["engine_images_per_s"] = round(n_var * n_img / t_engine, 1)
-    if not args.skip_naive:
-        report |= _time_naive(naive, warm, variants, out_engine, t_engine, device, n_var * n_img)
+    if "naive" in times:
+        t_naive = sum(times["naive"])
+        report |= {
+            "naive_s": round(t_naive, 3), "naive_images_per_s": round(n_var * n_img / t_naive, 1),
+            "naive_gflops": round(2 * naive_macs / t_naive / 1e9, 1),
+            "speedup": round(t_naive / t_engine, 2),
+            "speedup_per_batch": _spread(times["naive"], times["engine"]),
+            "prefix_bound": round(naive_macs / engine_macs, 2),
+            "errors_agree": [o.errors for o in res["engine"]] == [o.errors for o in res["naive"]],
+            "bitwise": all(torch.equal(a.loss, b.loss) and torch.equal(a.correct, b.correct)
+                           for a, b in zip(res["engine"], res["naive"])),
+            "max_loss_diff": max(float((a.loss - b.loss).abs().max())
+                                 for a, b in zip(res["engine"], res["naive"])),
+        }
+    for key, label in (("engine_channels_last", "channels_last"), ("engine_bf16", "bf16")):
+        if key not in times:
+            continue
+        t = sum(times[key])
+        moved = [abs(a.errors - b.errors) for a, b in zip(res[key], res["engine"])]
+        report |= {
+            f"{label}_s": round(t, 3), f"{label}_images_per_s": round(n_var * n_img / t, 1),
+            f"{label}_vs_engine": _spread(times["engine"], times[key]),
+            f"{label}_bitwise": all(torch.equal(a.loss, b.loss)
+                                    for a, b in zip(res[key], res["engine"])),
+            f"{label}_deletions_with_changed_count": sum(m > 0 for m in moved),
+            f"{label}_error_count_max_diff": max(moved),
+            f"{label}_max_loss_diff": max(float((a.loss - b.loss).abs().max())
+                                          for a, b in zip(res[key], res["engine"])),
+        }
+        if "naive" in times:
+            report[f"{label}_speedup"] = round(sum(times["naive"]) / t, 2)
+            report[f"{label}_speedup_per_batch"] = _spread(times["naive"], times[key])
     if args.amp == "bf16":
-        report |= _time_bf16(engine, intact, warm, out_engine, device, n_var * n_img)
+        from ablate.training.precision import cpu_has_native_bf16
+
+        report["bf16_native"] = device.type == "cuda" or cpu_has_native_bf16()
     print(json.dumps(report, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

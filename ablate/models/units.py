@@ -78,6 +78,9 @@ class Block:
     def unit(self, x: Tensor) -> Tensor:
         """The whole unit: post(residual + shortcut), or ReLU(BN(conv(x))) for a plain unit."""
         if self.kind == "residual":
+            fast = _inplace(self.module)
+            if fast is not None:
+                return fast[1](_add_(fast[0](x), self._shortcut(x)))
             return self._post(self._residual(x) + self._shortcut(x))
         return self._unit(x)
 
@@ -104,15 +107,17 @@ class Block:
         s = self._shortcut(x)
         if all(g == 0.0 for g in gains):
             return self._post(s)
+        fast = _inplace(self.module)
+        residual = self._residual if fast is None else fast[0]
         if all(g != 0.0 for g in gains):
-            r = self._residual(x)
+            r = residual(x)
             if all(g == 1.0 for g in gains):
-                return self._post(r + s)
+                return self._post(r + s) if fast is None else fast[1](_add_(r, s))
             rs = r.split(list(sizes))
         else:
             chunks = x.split(list(sizes))
             kept = [c for c, g in zip(chunks, gains) if g != 0.0]
-            rk = self._residual(torch.cat(kept) if len(kept) > 1 else kept[0])
+            rk = residual(torch.cat(kept) if len(kept) > 1 else kept[0])
             it = iter(rk.split([c.shape[0] for c in kept]))
             rs = [next(it) if g != 0.0 else None for g in gains]
         pieces = []
@@ -123,6 +128,43 @@ class Block:
     def _need(self, kind: str) -> None:
         if self.kind != kind:
             raise UsageError(f"unit {self.name} is a {self.kind} unit and has no residual branch")
+
+
+def _basic_residual(m: nn.Module) -> Callable[[Tensor], Tensor]:
+    def f(x: Tensor) -> Tensor:  # BasicBlock.branch with its ReLU in place
+        return m.bn2(m.conv2(m.bn1(m.conv1(x)).relu_()))
+    return f
+
+
+def _preact_residual(m: nn.Module) -> Callable[[Tensor], Tensor]:
+    def f(x: Tensor) -> Tensor:  # PreActBlock.branch with its ReLUs in place
+        return m.conv2(m.bn2(m.conv1(m.bn1(x).relu_())).relu_())
+    return f
+
+
+def _add_(r: Tensor, s: Tensor) -> Tensor:
+    return r.add_(s)
+
+
+def _inplace(m: nn.Module) -> tuple[Callable, Callable] | None:
+    """(residual, post) of an evaluating CIFAR BasicBlock or PreActBlock without autograd, with
+    ReLUs and the addition in place on the tensors they create: the same values as the block's
+    own forward (elementwise ops, each element computed alike), fewer allocations.
+
+    None for anything else (other or wrapped modules, training, stochastic depth, autograd)."""
+    if torch.is_grad_enabled() or m.training:
+        return None
+    from ablate.models.cifar_resnet import BasicBlock, PreActBlock
+
+    t = type(m)
+    if t not in (BasicBlock, PreActBlock) or m.survival != 1.0:
+        return None
+    post = torch.relu_ if m.post_activation else _identity
+    return (_basic_residual(m) if t is BasicBlock else _preact_residual(m)), post
+
+
+def _identity(y: Tensor) -> Tensor:
+    return y
 
 
 @dataclass(frozen=True, eq=False)

@@ -336,3 +336,24 @@ def test_workers_and_variants_are_checked_before_anything_runs():
     with pytest.raises(UsageError):
         evaluate_variants(model, images, labels, [Variant(), Variant.deleting(99)], workers=2,
                           **kw)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "preact_resnet20"])
+def test_in_place_unit_path_is_the_blocks_forward(name):
+    """Without autograd, CIFAR blocks run with their ReLUs and addition in place (fewer
+    allocations): bitwise the block's own forward; with autograd, the block's own code."""
+    from ablate.models.blocks import blocks
+
+    torch.manual_seed(0)
+    model = randomise_bn(models.create(name)).eval()
+    x = torch.randn(3, 16, 32, 32)
+    for b in blocks(model)[:4]:
+        with torch.inference_mode():
+            got = b.unit(x)
+            assert torch.equal(got, b.module(x))
+            assert torch.equal(b.apply_gains(torch.cat([x, x]), [1.0, 0.5], [3, 3])[:3], got)
+        xg = x.clone().requires_grad_()
+        y = b.unit(xg)
+        y.sum().backward()
+        assert xg.grad is not None and torch.equal(y.detach(), got)
+        x = got
