@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         t = sum(times[key])
         moved = [abs(a.errors - b.errors) for a, b in zip(res[key], res["engine"])]
         report |= {
-            f"{label}_s": round(t, 3), f"{label}_images_per_s": round(n_var * n_img / t, 1),
+            f"{key}_s": round(t, 3), f"{key}_images_per_s": round(n_var * n_img / t, 1),
             f"{label}_vs_engine": _spread(times["engine"], times[key]),
             f"{label}_bitwise": all(torch.equal(a.loss, b.loss)
                                     for a, b in zip(res[key], res["engine"])),
