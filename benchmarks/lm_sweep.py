@@ -19,7 +19,8 @@ per-token outcome (NLL of the next token and the top-1 prediction, from full-voc
   zero-ablation: forward hooks on the layer's attention and MLP outputs return zeros, the model
   runs whole, the hooks are removed;
 - ``engine``: ``ablate.interventions.lm_variants.evaluate_lm_variants``, one call per batch
-  (bitwise ``naive``);
+  (its default: worker threads with one intra-op thread each; bitwise ``naive`` when
+  ``engine_bitwise`` says so); ``engine_1worker``: the same on the caller's thread;
 - ``engine_stacked``: the same with ``max_rows = --stack`` x the batch (streams that run the
   same layer at a position in one call: within float rounding, argmax compared).
 
@@ -107,6 +108,32 @@ def hooks_loop(model, ids, variants, red) -> tuple[dict, list[dict]]:
     return red(intact, intact, rows), outs
 
 
+def profile(model, ids, red, reps: int = 5) -> dict:
+    """Median seconds of one forward, one layer call, the tail (final norm and head) and the
+    reduction on this batch, and what they bound: prefix sharing alone saves the layers before
+    each condition's first change, never the tail (which every condition runs)."""
+    from ablate.interventions.lm_variants import lm_intact_pass
+
+    with torch.inference_mode():
+        it = lm_intact_pass(model, ids)
+        mid = len(it.inputs) // 2
+        layer = model.model.layers[mid]
+        h, (a, kw, _) = it.inputs[mid], it.calls[mid]
+        parts = {"forward": lambda: model(input_ids=ids, use_cache=False),
+                 "layer": lambda: layer(h, *a, **kw),
+                 "tail": lambda: model.lm_head(model.model.norm(it.final)),
+                 "reduce": lambda: red(it.logits, it.logits, slice(0, ids.shape[0]))}
+        t: dict[str, list[float]] = {k: [] for k in parts}
+        for _ in range(reps):
+            for k, f in parts.items():
+                t0 = time.perf_counter()
+                f()
+                t[k].append(time.perf_counter() - t0)
+    med = {k: sorted(v)[len(v) // 2] for k, v in t.items()}
+    return {f"{k}_s": round(v, 4) for k, v in med.items()} | {
+        "tail_share_of_forward": round(med["tail"] / med["forward"], 3)}
+
+
 def conditions(kind: str, n: int) -> list[Variant]:
     if kind == "delete":
         return [Variant.deleting(i) for i in range(n)]
@@ -126,8 +153,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-seq", type=int, default=4, help="sequences (one batch)")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--stack", type=int, default=4, help="engine_stacked: streams per call")
-    p.add_argument("--methods", nargs="+", default=["naive", "engine", "engine_stacked", "hooks"],
-                   choices=("naive", "engine", "engine_stacked", "hooks"))
+    p.add_argument("--methods", nargs="+", default=["naive", "engine", "hooks"],
+                   choices=("naive", "engine", "engine_1worker", "engine_stacked", "hooks"))
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", default=None)
     return p
@@ -147,13 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     methods = {
         "naive": lambda: evaluate_lm_naive(model, ids, variants, **kw),
         "engine": lambda: evaluate_lm_variants(model, ids, variants, **kw),
+        "engine_1worker": lambda: evaluate_lm_variants(model, ids, variants, workers=1, **kw),
         "engine_stacked": lambda: evaluate_lm_variants(model, ids, variants,
                                                        max_rows=args.stack * b, **kw),
         "hooks": lambda: hooks_loop(model, ids, variants, red),
     }
     names = [m for m in args.methods if m != "hooks" or args.kinds == ["delete"]]
-    with torch.inference_mode():  # warm-up: one forward
-        model(input_ids=ids[:, :8], use_cache=False)
+    with torch.inference_mode():  # warm-up: one forward at the timed size, and the engine
+        model(input_ids=ids, use_cache=False)
+        evaluate_lm_variants(model, ids, variants[-2:], **kw)
     load_before = os.getloadavg()
     times: dict[str, list[float]] = {k: [] for k in names}
     outs: dict[str, tuple] = {}
@@ -164,6 +193,15 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(time.perf_counter() - t0)
             print(f"round {r} {name} {times[name][-1]:.1f} s", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
+    prof = profile(model, ids, red)
+    n = n_layers
+    # one forward (+ reduce) per condition and the intact model, against the intact pass, the
+    # layers after each condition's first change, and a tail + reduce per condition
+    layers_run = sum(n - 1 - i for i in range(n)) if args.kinds == ["delete"] else None
+    if layers_run is not None:
+        f, lay, tl, rd = (prof[k] for k in ("forward_s", "layer_s", "tail_s", "reduce_s"))
+        prof["prefix_bound"] = round((n + 1) * (f + rd) / (
+            f + rd + layers_run * lay + n * (tl + rd)), 2)
     report: dict = {
         "model": what, "layers": n_layers, "kinds": args.kinds, "conditions": len(variants),
         "sequences": b, "seq_len": args.seq_len, "tokens_per_forward": b * args.seq_len,
@@ -174,9 +212,10 @@ def main(argv: list[str] | None = None) -> int:
                   "outcomes; methods in turn, order alternating per round; same process",
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in load_after],
+        "profile": prof,
     }
-    for k in names:
-        report[f"{k}_s"] = round(sum(times[k]) / args.rounds, 3)
+    for k in names:  # (not "engine_s": figures.readme reads that as an image sweep's)
+        report[f"{k}_seconds"] = round(sum(times[k]) / args.rounds, 3)
     if "naive" in names:
         ref_base, ref = outs["naive"]
         for k in names:

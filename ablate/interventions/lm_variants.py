@@ -34,8 +34,10 @@ interventions refuse (bad positions, non-finite gains, orders mixing attention t
 
 from __future__ import annotations
 
+import copy
+import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -43,22 +45,23 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ablate._infra.errors import UsageError
-from ablate.interventions.edits import _check_attention_types, swapped
+from ablate.interventions.edits import _check_attention_types
 from ablate.interventions.variants import Variant, applied, validate
+from ablate.models.blocks import restore_flags, train_flags
 from ablate.models.transformers import (
     Layout,
     _BranchGate,
-    _real_path,
     layer_paths,
     layout,
     transformer_blocks,
 )
-from ablate.models.units import get_module
+from ablate.models.units import _resolve, get_module
 
 __all__ = ["LMIntact", "lm_intact_pass", "lm_forward_variants", "evaluate_lm_variants",
            "evaluate_lm_naive"]
 
 Reduce = Callable[[Tensor, Tensor, slice], object]
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # models whose tail passed
 _NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
 
 
@@ -94,7 +97,14 @@ class _Model:
             raise UsageError(f"{type(model).__name__}: no final norm ({', '.join(_NORMS)}) and "
                              "output head found; pass the causal-LM model (…ForCausalLM)")
         self.head = head
-        self.checked = False
+        self.checked = _CHECKED.get(model) == self.signature()
+        self._views: dict[tuple, nn.Module] = {}
+
+    def signature(self) -> tuple:
+        """What the tail check depends on: head, norm, layers and the model's own hooks."""
+        return (id(self.head), id(self.norm), id(type(self.model)),
+                tuple(id(get_module(self.model, p)) for p in self.paths),
+                tuple(self.model._forward_hooks), tuple(self.model._forward_pre_hooks))
 
     def tail(self, h: Tensor) -> Tensor:
         return self.head(self.norm(h))
@@ -117,18 +127,27 @@ class _Model:
         if v.order is not None:
             _check_attention_types(self.model, v.order)
 
-    def gates(self, src: int, ga: float, gm: float) -> dict[str, nn.Module]:
-        """The interventions' gates on layer ``src``'s branches (the branch is not run at gain
-        0: no KV cache is in use, and its output would be zeroed)."""
-        real = _real_path(self.model, self.paths[src])
-        layer = get_module(self.model, real)
-        out = {}
-        for br, g in (("attn", ga), ("mlp", gm)):
-            if g != 1.0:
-                attr = self.fam.attn if br == "attn" else self.fam.mlp
-                tuple_out = self.fam.attn_tuple and br == "attn"
-                out[f"{real}.{attr}"] = _BranchGate(getattr(layer, attr), g, tuple_out, False)
-        return out
+    def layer(self, src: int, ga: float, gm: float) -> nn.Module:
+        """Layer ``src``, or a gated view of it: a shallow copy whose branch modules are the
+        interventions' gates (the branch is not run at gain 0: no KV cache is in use, and its
+        output would be zeroed). The model itself is never changed, so worker threads can run
+        side by side."""
+        layer = get_module(self.model, self.paths[src])
+        if (ga, gm) == (1.0, 1.0):
+            return layer
+        key = (src, ga, gm, id(layer))
+        view = self._views.get(key)
+        if view is None:
+            real = _resolve(layer)
+            view = copy.copy(real)
+            view._modules = dict(real._modules)
+            for br, g in (("attn", ga), ("mlp", gm)):
+                if g != 1.0:
+                    attr = self.fam.attn if br == "attn" else self.fam.mlp
+                    tuple_out = self.fam.attn_tuple and br == "attn"
+                    view._modules[attr] = _BranchGate(real._modules[attr], g, tuple_out, False)
+            self._views[key] = view
+        return view
 
 
 def _device(model: nn.Module) -> torch.device | None:
@@ -190,6 +209,7 @@ def lm_intact_pass(
                 "(logit scaling, soft-capping or another tail): the batched LM engine refuses it; "
                 "use evaluate_lm_naive")
         m.checked = True
+        _CHECKED[model] = m.signature()
     return LMIntact(inputs, calls, logits, final[0])
 
 
@@ -229,10 +249,8 @@ class _Run:
         args, kwargs, by_kw = self.intact.calls[p]
         args = _expand(args, k, self.b, self.memo)
         kwargs = _expand(kwargs, k, self.b, self.memo)
-        layer = get_module(self.m.model, self.m.paths[src])
-        gates = self.m.gates(src, ga, gm) if (ga, gm) != (1.0, 1.0) else {}
-        with swapped(self.m.model, gates) if gates else nullcontext():
-            out = layer(*args, hidden_states=h, **kwargs) if by_kw else layer(h, *args, **kwargs)
+        layer = self.m.layer(src, ga, gm)
+        out = layer(*args, hidden_states=h, **kwargs) if by_kw else layer(h, *args, **kwargs)
         return _hidden(out)
 
 
@@ -351,6 +369,7 @@ def evaluate_lm_variants(
     granularity: str = "block",
     max_rows: int | None = None,
     chunk: int = 64,
+    workers: int | None = None,
     progress: bool = False,
     desc: str = "LM variants",
 ) -> tuple[object, list[object]]:
@@ -361,21 +380,34 @@ def evaluate_lm_variants(
     model's on the same ``rows`` of ``input_ids``) into a tensor, or a dict or tuple of tensors,
     with the batch first; the batches' results are concatenated. Default: the logits themselves
     (memory: variants x sequences x tokens x vocabulary). Returns (intact's, [each variant's]).
-    ``chunk`` bounds the variants in flight per batch (their hidden states are kept until their
-    logits are reduced); ``attention_mask``, ``position_ids`` [sequences, tokens] are passed to
-    the model as they are.
+    ``chunk`` bounds the variants in flight per batch and worker (their hidden states are kept
+    until their logits are reduced); ``attention_mask``, ``position_ids`` [sequences, tokens] are
+    passed to the model as they are. ``workers`` (CPU; default ``torch.get_num_threads()``)
+    threads with one intra-op thread each run chunks of variants side by side after each batch's
+    intact pass (``reduce`` then runs in those threads); 1: every layer call on the caller's
+    thread with its intra-op threads.
     """
     _check_ids(input_ids, attention_mask, batch_size)
     reduce = reduce or _keep
     m = _Model(model, granularity)
     for v in variants:
         m.validate(v)
-    was = model.training
-    model.eval()
+    dev = _device(model)
+    cpu = dev is not None and dev.type == "cpu"
+    if workers is None:
+        workers = torch.get_num_threads() if cpu else 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"workers must be a positive integer, not {workers!r}")
     order = sorted(range(len(variants)), key=lambda i: m.first(variants[i]) or -1)
-    chunks = [order[i:i + max(1, chunk)] for i in range(0, len(order), max(1, chunk))]
+    n_chunks = max(-(-len(order) // max(1, chunk)), min(workers if cpu else 1, len(order)))
+    chunks = [order[i::n_chunks] for i in range(n_chunks)]  # dealt: each gets deep and shallow
+    flags = train_flags(model)
+    model.eval()
     base: list = []
     parts: list[list] = [[] for _ in variants]
+    pool = (ThreadPoolExecutor(min(workers, len(chunks)), initializer=torch.set_num_threads,
+                               initargs=(1,)) if cpu and workers > 1 and len(chunks) > 1
+            else None)
     try:
         bar = tqdm(total=input_ids.shape[0] * (len(variants) + 1), desc=desc, unit="seq",
                    disable=not progress, leave=False)
@@ -385,16 +417,24 @@ def evaluate_lm_variants(
             it = lm_intact_pass(model, input_ids[rows], am, pid, _m=m)
             base.append(reduce(it.logits, it.logits, rows))
             bar.update(rows.stop - rows.start)
-            for ch in chunks:
-                def keep(v: int, logits: Tensor, ch=ch, it=it, rows=rows) -> None:
-                    parts[ch[v]].append(reduce(logits, it.logits, rows))
-                    bar.update(rows.stop - rows.start)
 
-                lm_forward_variants(model, input_ids[rows], [variants[i] for i in ch],
-                                    intact=it, max_rows=max_rows, on_logits=keep, _m=m)
+            def run(ch: list[int], it=it, rows=rows) -> list[tuple[int, object]]:
+                out: list[tuple[int, object]] = []
+                lm_forward_variants(
+                    model, input_ids[rows], [variants[i] for i in ch], intact=it,
+                    max_rows=max_rows, _m=m,
+                    on_logits=lambda v, lg: out.append((ch[v], reduce(lg, it.logits, rows))))
+                return out
+
+            for done in (pool.map(run, chunks) if pool else map(run, chunks)):
+                for i, r in done:
+                    parts[i].append(r)
+                bar.update((rows.stop - rows.start) * len(done))
         bar.close()
     finally:
-        model.train(was)
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        restore_flags(flags)
     return _collect(base), [_collect(p) for p in parts]
 
 
@@ -419,7 +459,7 @@ def evaluate_lm_naive(
     for v in variants:
         m.validate(v)
     dev = _device(model)
-    was = model.training
+    flags = train_flags(model)
     model.eval()
     base: list = []
     parts: list[list] = [[] for _ in variants]
@@ -438,5 +478,5 @@ def evaluate_lm_naive(
                 with applied(model, v, granularity):
                     parts[i].append(reduce(fwd(rows), intact, rows))
     finally:
-        model.train(was)
+        restore_flags(flags)
     return _collect(base), [_collect(p) for p in parts]

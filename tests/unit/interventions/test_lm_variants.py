@@ -120,6 +120,10 @@ def test_branch_deletions_bitwise(name):
     got = lm_forward_variants(model, ids, vs, attention_mask=mask, granularity="branch")
     for v, g, r in zip(vs, got, ref):
         assert torch.equal(g, r), v
+    _, ev = evaluate_lm_variants(model, ids, vs, attention_mask=mask, granularity="branch",
+                                 batch_size=2, workers=2)
+    for v, g, r in zip(vs, ev, ref):
+        assert torch.equal(g, r), v
     # deleting a layer's two branches is deleting the layer
     whole = lm_forward_variants(model, ids, [Variant.deleting(1)], attention_mask=mask)[0]
     both = naive_logits(model, ids, [Variant.deleting([2, 3])], "branch", attention_mask=mask)[0]
@@ -138,8 +142,9 @@ def test_evaluate_matches_naive_with_reduce_batches_and_position_ids():
 
     kw = {"reduce": reduce, "attention_mask": mask, "position_ids": pos, "batch_size": 2}
     base_n, naive = evaluate_lm_naive(model, ids, VARIANTS, **kw)
-    for chunk, rows in ((64, None), (3, 4)):
-        base_b, got = evaluate_lm_variants(model, ids, VARIANTS, chunk=chunk, max_rows=rows, **kw)
+    for chunk, rows, workers in ((64, None, 1), (64, None, 2), (3, None, 3), (3, 4, 2)):
+        base_b, got = evaluate_lm_variants(model, ids, VARIANTS, chunk=chunk, max_rows=rows,
+                                           workers=workers, **kw)
         assert base_b["nll"].shape == (5, 7) and bool(base_b["agree"].all())
         assert torch.equal(base_b["nll"], base_n["nll"])
         for v, g, r in zip(VARIANTS, got, naive):
@@ -168,9 +173,12 @@ def test_default_reduce_keeps_logits_and_intact_is_the_models_forward():
 
 def test_the_model_is_left_as_it_was():
     model = make("llama").train()
+    model.model.layers[1].mlp.eval()  # every module's own flag comes back
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ids, mask = ids_and_mask()
-    evaluate_lm_variants(model, ids, VARIANTS, attention_mask=mask, batch_size=2)
+    evaluate_lm_variants(model, ids, VARIANTS, attention_mask=mask, batch_size=2, workers=2)
+    evaluate_lm_naive(model, ids, VARIANTS[:2], attention_mask=mask, batch_size=2)
+    assert not model.model.layers[1].mlp.training and model.model.layers[2].mlp.training
     lm_forward_variants(model, ids, VARIANTS[:3], granularity="block")
     assert model.training
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
@@ -193,6 +201,9 @@ def test_refusals():
         evaluate_lm_variants(model, ids[0], [Variant()])
     with pytest.raises(UsageError, match="batch_size"):
         evaluate_lm_variants(model, ids, [Variant()], batch_size=0)
+    for bad in (0, True, 2.0):
+        with pytest.raises(UsageError, match="workers"):
+            evaluate_lm_variants(model, ids, [Variant()], workers=bad)
     with pytest.raises(UsageError):  # an image model
         lm_forward_variants(nn.Linear(2, 2), ids, [Variant()])
 
@@ -205,5 +216,24 @@ def test_a_model_whose_logits_are_not_head_of_norm_is_refused():
     try:
         with pytest.raises(UsageError, match="head"):
             lm_forward_variants(model, ids, [Variant.deleting(1)])
+    finally:
+        handle.remove()
+
+
+def test_the_tail_check_runs_once_per_model_structure():
+    model = make("llama")
+    ids, _ = ids_and_mask()
+    calls = []
+    handle = model.model.norm.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        lm_forward_variants(model, ids, [Variant.deleting(1)])
+        assert len(calls) == 3  # the model's forward, the check, the variant
+        calls.clear()
+        lm_forward_variants(model, ids, [Variant.deleting(1)])
+        assert len(calls) == 2
+        calls.clear()
+        model.lm_head = nn.Linear(32, V, bias=False)  # another head: checked again
+        lm_forward_variants(model, ids, [Variant.deleting(1)])
+        assert len(calls) == 3
     finally:
         handle.remove()
