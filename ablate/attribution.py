@@ -1,5 +1,8 @@
-"""python -m ablate.attribution: the same as ``python -m ablate attribution``; the experiment is declared in
-``analyses/attribution.py`` (what it measures, its flags, its verdicts) and drawn by ``figures/attribution.py``."""
+"""python -m ablate.attribution: the same as ``python -m ablate attribution``.
+
+The experiment is declared in ``analyses/attribution.py`` (what it measures, its flags, its
+verdicts) and drawn by ``figures/attribution.py``.
+"""
 
 import sys
 

@@ -1,5 +1,8 @@
-"""python -m ablate.degradation: the same as ``python -m ablate degradation``; the experiment is declared in
-``analyses/degradation.py`` (what it measures, its flags, its verdicts) and drawn by ``figures/degradation.py``."""
+"""python -m ablate.degradation: the same as ``python -m ablate degradation``.
+
+The experiment is declared in ``analyses/degradation.py`` (what it measures, its flags, its
+verdicts) and drawn by ``figures/degradation.py``.
+"""
 
 import sys
 

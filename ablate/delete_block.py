@@ -1,5 +1,8 @@
-"""python -m ablate.delete_block: the same as ``python -m ablate delete_block``; the experiment is declared in
-``analyses/delete_block.py`` (what it measures, its flags, its verdicts) and drawn by ``figures/delete_block.py``."""
+"""python -m ablate.delete_block: the same as ``python -m ablate delete_block``.
+
+The experiment is declared in ``analyses/delete_block.py`` (what it measures, its flags, its
+verdicts) and drawn by ``figures/delete_block.py``.
+"""
 
 import sys
 

@@ -1,5 +1,8 @@
-"""python -m ablate.drop_blocks: the same as ``python -m ablate drop_blocks``; the experiment is declared in
-``analyses/drop_blocks.py`` (what it measures, its flags, its verdicts) and drawn by ``figures/drop_blocks.py``."""
+"""python -m ablate.drop_blocks: the same as ``python -m ablate drop_blocks``.
+
+The experiment is declared in ``analyses/drop_blocks.py`` (what it measures, its flags, its
+verdicts) and drawn by ``figures/drop_blocks.py``.
+"""
 
 import sys
 

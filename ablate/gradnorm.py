@@ -1,5 +1,8 @@
-"""python -m ablate.gradnorm: the same as ``python -m ablate gradnorm``; the experiment is declared in
-``analyses/gradnorm.py`` (what it measures, its flags, its verdicts) and drawn by ``figures/gradnorm.py``."""
+"""python -m ablate.gradnorm: the same as ``python -m ablate gradnorm``.
+
+The experiment is declared in ``analyses/gradnorm.py`` (what it measures, its flags, its
+verdicts) and drawn by ``figures/gradnorm.py``.
+"""
 
 import sys
 

@@ -1,5 +1,8 @@
-"""python -m ablate.paths: the same as ``python -m ablate paths``; the experiment is declared in
-``analyses/paths.py`` (what it measures, its flags, its verdicts) and drawn by ``figures/paths.py``."""
+"""python -m ablate.paths: the same as ``python -m ablate paths``.
+
+The experiment is declared in ``analyses/paths.py`` (what it measures, its flags, its
+verdicts) and drawn by ``figures/paths.py``.
+"""
 
 import sys
 

@@ -1,5 +1,8 @@
-"""python -m ablate.redundancy: the same as ``python -m ablate redundancy``; the experiment is declared in
-``analyses/redundancy.py`` (what it measures, its flags, its verdicts) and drawn by ``figures/redundancy.py``."""
+"""python -m ablate.redundancy: the same as ``python -m ablate redundancy``.
+
+The experiment is declared in ``analyses/redundancy.py`` (what it measures, its flags, its
+verdicts) and drawn by ``figures/redundancy.py``.
+"""
 
 import sys
 

@@ -1,5 +1,8 @@
-"""python -m ablate.reorder_blocks: the same as ``python -m ablate reorder_blocks``; the experiment is declared in
-``analyses/reorder_blocks.py`` (what it measures, its flags, its verdicts) and drawn by ``figures/reorder_blocks.py``."""
+"""python -m ablate.reorder_blocks: the same as ``python -m ablate reorder_blocks``.
+
+The experiment is declared in ``analyses/reorder_blocks.py`` (what it measures, its flags, its
+verdicts) and drawn by ``figures/reorder_blocks.py``.
+"""
 
 import sys
 

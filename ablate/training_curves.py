@@ -1,5 +1,8 @@
-"""python -m ablate.training_curves: the same as ``python -m ablate training_curves``; the experiment is declared in
-``analyses/training_curves.py`` (what it measures, its flags, its verdicts) and drawn by ``figures/training_curves.py``."""
+"""python -m ablate.training_curves: the same as ``python -m ablate training_curves``.
+
+The experiment is declared in ``analyses/training_curves.py`` (what it measures, its flags, its
+verdicts) and drawn by ``figures/training_curves.py``.
+"""
 
 import sys
 
