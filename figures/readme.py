@@ -192,11 +192,21 @@ def _train_speed(r: dict) -> str:
 
 
 def _lesion_sweep(r: dict) -> str:
-    line = (f"every single-block deletion of {r['model']} ({r['deletions']} x "
+    unit = "branch" if r.get("granularity") == "branch" else "block"
+    line = (f"every single-{unit} deletion of {r['model']} ({r['deletions']} x "
             f"{r['n_images']:,} images, {r['device']}): {r['engine_s']:.0f} s batched")
     if "naive_s" in r:
         line += (f", {r['speedup']:.2f}x one pass per deletion, error counts "
                  f"{'identical' if r['errors_agree'] else 'DIFFERENT'}")
+        if r.get("bitwise"):
+            line += ", losses bitwise equal"
+    if r.get("engine_gflops") and r.get("reference_gflops"):
+        line += (f"; {r['engine_gflops']:.0f} GFLOP/s against {r['reference_gflops']:.0f} "
+                 "for one large convolution")
+    if "engine_channels_last_s" in r:
+        line += (f"; channels-last (opt-in) {r['channels_last_speedup']:.2f}x, "
+                 f"{r['channels_last_deletions_with_changed_count']} of {r['deletions']} "
+                 "error counts changed")
     if "engine_bf16_s" in r:
         line += (f"; {r['engine_bf16_s']:.0f} s under bf16 autocast (opt-in), "
                  f"{r['bf16_deletions_with_changed_count']} of {r['deletions']} error counts "
@@ -204,12 +214,36 @@ def _lesion_sweep(r: dict) -> str:
     return line
 
 
+_LM_KINDS = {"delete": "single-layer deletion", "swap": "swap of adjacent layers"}
+
+
+def _lm_sweep(r: dict) -> str:
+    kinds = " and ".join(_LM_KINDS.get(k, k) for k in r["kinds"])
+    model = r["model"].split(" (")[0]
+    line = (f"every {kinds} of {model} ({r['conditions']} conditions x {r['sequences']} x "
+            f"{r['seq_len']} tokens, {str(r['dtype']).removeprefix('torch.')}, {r['device']}): "
+            f"{r['engine_seconds']:.0f} s through the prefix-sharing engine, "
+            f"{r['engine_speedup']:.2f}x one forward per condition")
+    if "engine_vs_hooks" in r:
+        line += f", {r['engine_vs_hooks']:.2f}x a `run_with_hooks`-style loop"
+    exact = r.get("engine_bitwise") and r.get("engine_top1_equal")
+    line += ", outcomes bitwise equal" if exact else (
+        f", max NLL difference {r.get('engine_max_nll_diff', float('nan')):.1e}")
+    return line
+
+
 def benchmarks(folder: Path | None = None) -> str:
     lines = []
     for path in sorted((folder or ROOT / "benchmarks").glob("*.json")):
         r = json.loads(path.read_text())
-        text = _train_speed(r) if "ours_images_per_s" in r else (
-            _lesion_sweep(r) if "engine_s" in r else None)
+        if "ours_images_per_s" in r:
+            text = _train_speed(r)
+        elif "engine_s" in r:
+            text = _lesion_sweep(r)
+        elif "engine_seconds" in r:
+            text = _lm_sweep(r)
+        else:
+            text = None
         if text:
             lines.append(f"- {text} ([json](benchmarks/{path.name})).")
     return "\n".join(lines) or "No benchmark results are committed yet."
