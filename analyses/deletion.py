@@ -38,7 +38,7 @@ from ablate.measures.stats import (
 )
 from ablate.models.blocks import Block, blocks, deletable_units
 from ablate.models.checkpoint import Loaded
-from ablate.models.transformers import ViTBranch, is_transformer
+from ablate.models.transformers import TimmUnit, ViTBranch, is_transformer
 from analyses.context import condition
 from analyses.sweep import outcome_columns, resume, sweep
 from analyses.table import Table
@@ -140,10 +140,10 @@ def run(
         return whole
     parts = blocks(loaded.model, "branch")
     layer = {b.name: b.index for b in units}
-    batched = all(isinstance(b, ViTBranch) for b in parts)
+    batched = all(isinstance(b, (ViTBranch, TimmUnit)) for b in parts)
 
     def measure(keys: list[dict]) -> list[dict]:
-        """torchvision ViTs: the batched engine over branches (bitwise the interventions);
+        """torchvision and timm ViTs: the batched engine over branches (bitwise the interventions);
         other transformers: the interventions themselves, one pass each."""
         bs = [parts[k["block"]] for k in keys]
         if batched:

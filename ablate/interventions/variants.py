@@ -13,7 +13,7 @@ and error counts are bitwise the naive loop's. Larger chunks (``max_rows`` above
 more of multi-block variants' streams but may select other float32 kernels (last bits); on a
 GPU, convolution algorithms chosen per batch size can likewise differ in the last bits.
 ``channels_last`` is opt-in and not bitwise. Transformers' branches: ``granularity="branch"``
-(torchvision ViTs); decoder LMs: :mod:`ablate.interventions.lm_variants`.
+(torchvision and timm ViTs); decoder LMs: :mod:`ablate.interventions.lm_variants`.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def applied(model: nn.Module, variant: Variant, granularity: str = "block"
 
 
 def steps_of(model: nn.Module, granularity: str = "block") -> list[Block | Glue]:
-    """The forward pass as the engine runs it: ``chain(model)``, or for a torchvision ViT at
+    """The forward pass as the engine runs it: ``chain(model)``, or for a ViT at
     ``granularity="branch"`` its attention and MLP branches as the units."""
     if granularity == "block":
         return chain(model)
@@ -168,7 +168,7 @@ def forward_variants(
     """Logits of every variant on batch ``x`` (a list of [B, classes] tensors, in order).
 
     ``intact`` is ``intact_pass(model, x, granularity)``, computed once and shared by several
-    calls. ``granularity="branch"`` (torchvision ViTs): positions are the attention and MLP
+    calls. ``granularity="branch"`` (torchvision and timm ViTs): positions are the attention and MLP
     branches (2i, 2i + 1 of layer i), as ``blocks(model, "branch")`` numbers them.
     """
     steps = steps_of(model, granularity)

@@ -30,7 +30,7 @@ from .._infra.errors import UsageError
 from .units import Block, Glue, _resolve, get_module
 
 __all__ = [
-    "Layout", "TransformerBlock", "ViTBlock", "ViTBranch", "layout", "is_transformer",
+    "Layout", "TimmUnit", "TransformerBlock", "ViTBlock", "ViTBranch", "layout", "is_transformer",
     "transformer_blocks",
     "layer_paths", "attention_of", "vit_chain", "GRANULARITIES",
 ]
@@ -307,17 +307,74 @@ class ViTBranch(TransformerBlock):
         return torch.cat([self._gained(m, c, g) for c, g in zip(x.split(list(sizes)), gains)])
 
 
-def vit_chain(model: nn.Module, granularity: str = "block") -> list[Block | Glue]:
-    """torchvision ``VisionTransformer`` as stem, encoder layers and head (see ``blocks.chain``);
-    ``granularity="branch"``: each layer's attention and MLP branch in turn (:class:`ViTBranch`).
+@dataclass(frozen=True, eq=False)
+class TimmUnit(TransformerBlock):
+    """A timm ViT block (``branch=None``) or one of its branches, as the batched engine runs it.
 
-    Stem: patch embedding, class token, position embedding, dropout; head: final LayerNorm, the
-    class token's features, the classification head. Composed, bitwise ``model(x)``.
+    ``x + drop_path1(ls1(g * attn(norm1(x))))`` then ``+ drop_path2(ls2(g * mlp(norm2(x))))``:
+    the gain multiplies the branch module's output, as the interventions' gate does, before
+    LayerScale. g = 1 is the block's own forward, op for op; a branch at g = 0 adds what its
+    gate returns (zeros through LayerScale); a whole block at g = 0 is the identity.
     """
-    if layout(model).name != "torchvision_vit":
+
+    def _layer(self) -> nn.Module:
+        return get_module(self._model, self.layer)
+
+    def unit(self, x: Tensor) -> Tensor:
+        return self._gained(self._layer(), x, 1.0)
+
+    def __call__(self, x: Tensor, gain: float = 1.0) -> Tensor:
+        return self._gained(self._layer(), x, gain)
+
+    @staticmethod
+    def _branch(m: nn.Module, name: str, x: Tensor, g: float) -> Tensor:
+        norm, f, ls, dp = (getattr(m, a) for a in (
+            ("norm1", "attn", "ls1", "drop_path1") if name == "attn"
+            else ("norm2", "mlp", "ls2", "drop_path2")))
+        if g == 0.0:
+            return x + dp(ls(torch.zeros_like(x)))
+        y = f(norm(x))
+        return x + dp(ls(y if g == 1.0 else g * y))
+
+    def _gained(self, m: nn.Module, x: Tensor, g: float) -> Tensor:
+        if self.branch is not None:
+            return self._branch(m, self.branch, x, g)
+        if g == 1.0:
+            return m(x)
+        if g == 0.0:
+            return x
+        return self._branch(m, "mlp", self._branch(m, "attn", x, g), g)
+
+    def apply_gains(self, x: Tensor, gains, sizes) -> Tensor:
+        """Each chunk alone with its gain, at the size the naive loop runs it (see ViTBlock)."""
+        m = self._layer()
+        if len(gains) == 1:
+            return self._gained(m, x, gains[0])
+        return torch.cat([self._gained(m, c, g) for c, g in zip(x.split(list(sizes)), gains)])
+
+
+def vit_chain(model: nn.Module, granularity: str = "block") -> list[Block | Glue]:
+    """A torchvision or timm ViT as stem, encoder layers and head (see ``blocks.chain``);
+    ``granularity="branch"``: each layer's attention and MLP branch in turn.
+
+    torchvision: stem = patch embedding, class token, position embedding, dropout; head = final
+    LayerNorm, the class token's features, the classification head. timm: stem = patch embedding,
+    position embedding, patch dropout, pre-norm; head = final norm and ``forward_head``.
+    Composed, bitwise ``model(x)``.
+    """
+    name = layout(model).name
+    if name == "timm_vit":
+        def stem(x: Tensor) -> Tensor:
+            return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+
+        def head(x: Tensor) -> Tensor:
+            return model.forward_head(model.norm(x))
+
+        return [Glue("stem", stem), *transformer_blocks(model, granularity), Glue("head", head)]
+    if name != "torchvision_vit":
         raise UsageError(f"{type(model).__name__}: the batched lesion engine runs torchvision "
-                         "ViTs, CIFAR/torchvision ResNets and VGGs; use the interventions "
-                         "(delete, scale, reorder, ...) on this transformer")
+                         "and timm ViTs, CIFAR/torchvision ResNets and VGGs; decoder LMs go "
+                         "through ablate.interventions.lm_variants")
     enc = model.encoder
 
     def stem(x: Tensor) -> Tensor:
@@ -335,13 +392,13 @@ def transformer_blocks(model: nn.Module, granularity: str = "block") -> list[Tra
     """The layers (``granularity="block"``) or branches (``"branch"``) of a transformer.
 
     torchvision ViT layers are :class:`ViTBlock` s and their branches :class:`ViTBranch` es,
-    which the batched engine runs.
+    timm ViT layers and branches :class:`TimmUnit` s: the batched engine runs those.
     """
     if granularity not in GRANULARITIES:
         raise UsageError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
     fam = layout(model)
     out: list[TransformerBlock] = []
-    whole = ViTBlock if fam.name == "torchvision_vit" else TransformerBlock
+    whole = {"torchvision_vit": ViTBlock, "timm_vit": TimmUnit}.get(fam.name, TransformerBlock)
     for path in layer_paths(model, fam):
         module = get_module(model, path)
         if granularity == "block":
@@ -351,7 +408,7 @@ def transformer_blocks(model: nn.Module, granularity: str = "block") -> list[Tra
             ))
             continue
         layer = _resolve(module)
-        part = ViTBranch if fam.name == "torchvision_vit" else TransformerBlock
+        part = {"torchvision_vit": ViTBranch, "timm_vit": TimmUnit}.get(fam.name, TransformerBlock)
         for br, attr in (("attn", fam.attn), ("mlp", fam.mlp)):
             out.append(part(
                 len(out), f"{path}.{attr}", 1, False, "residual", getattr(layer, attr),
