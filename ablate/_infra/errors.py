@@ -77,12 +77,18 @@ def check_out(out: str | Path, flag: str = "--out") -> Path:
 
 
 def cli_main(fn: F) -> F:
-    """Wrap a command's ``main`` so a UsageError prints one line and exits with status 2."""
+    """Wrap a command's ``main`` so a UsageError prints one line and exits with status 2, Ctrl-C
+    says what is kept (130), and a reader that closed the pipe ends it quietly (141)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            out = fn(*args, **kwargs)
+            sys.stdout.flush()  # a closed pipe is found here, not at interpreter exit
+            return out
+        except BrokenPipeError:  # `python -m ablate ... | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(141) from None  # 128 + SIGPIPE, as a shell tool would end
         except UsageError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -159,3 +159,15 @@ def test_the_dispatcher_lists_runs_tools_and_refuses_unknown_names(capsys):
     with pytest.raises(SystemExit) as e:
         main(["nosuch"])
     assert e.value.code == 2 and "no experiment 'nosuch'" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`python -m ablate --list | head -1`: no traceback when the reader stops reading."""
+    import subprocess
+    from pathlib import Path
+
+    p = subprocess.Popen([sys.executable, "-m", "ablate", "--list"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+    p.stdout.close()  # before the child writes anything: its flush meets a closed pipe
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and "Traceback" not in err, err
