@@ -231,34 +231,22 @@ class TransformerBlock(Block):
 
 
 @dataclass(frozen=True, eq=False)
-class ViTBlock(TransformerBlock):
-    """A torchvision ViT encoder layer that the batched lesion engine can run.
-
-    With gain g both branches are scaled, as the interventions gate them:
-    ``h = x + dropout(g * attn(ln_1(x)))``, ``y = h + g * mlp(ln_2(h))``; g = 1 is the layer's own
-    forward, g = 0 the identity. The layer is read from the model at call time, so a reordered or
-    gated position runs what the model holds there.
-    """
+class _EngineUnit(TransformerBlock):
+    """A transformer layer or branch the batched engine runs: read from the model at call time
+    (so a reordered or gated position runs what the model holds there), ``_gained(layer, x, g)``
+    computing it with gain g as the interventions gate it."""
 
     def _layer(self) -> nn.Module:
         return get_module(self._model, self.layer)
 
+    def _gained(self, m: nn.Module, x: Tensor, g: float) -> Tensor:
+        raise NotImplementedError
+
     def unit(self, x: Tensor) -> Tensor:
-        return self._layer()(x)
+        return self._gained(self._layer(), x, 1.0)
 
     def __call__(self, x: Tensor, gain: float = 1.0) -> Tensor:
         return self._gained(self._layer(), x, gain)
-
-    @staticmethod
-    def _gained(m: nn.Module, x: Tensor, g: float) -> Tensor:
-        if g == 1.0:
-            return m(x)
-        if g == 0.0:
-            return x
-        q = m.ln_1(x)
-        a, _ = m.self_attention(q, q, q, need_weights=False)
-        h = m.dropout(g * a) + x
-        return h + g * m.mlp(m.ln_2(h))
 
     def apply_gains(self, x: Tensor, gains, sizes) -> Tensor:
         """Each chunk alone with its gain: a matmul's bits can depend on its number of rows, so
@@ -270,22 +258,34 @@ class ViTBlock(TransformerBlock):
 
 
 @dataclass(frozen=True, eq=False)
-class ViTBranch(TransformerBlock):
+class ViTBlock(_EngineUnit):
+    """A torchvision ViT encoder layer that the batched lesion engine can run.
+
+    With gain g both branches are scaled, as the interventions gate them:
+    ``h = x + dropout(g * attn(ln_1(x)))``, ``y = h + g * mlp(ln_2(h))``; g = 1 is the layer's own
+    forward, g = 0 the identity. The layer is read from the model at call time, so a reordered or
+    gated position runs what the model holds there.
+    """
+
+    def _gained(self, m: nn.Module, x: Tensor, g: float) -> Tensor:
+        if g == 1.0:
+            return m(x)
+        if g == 0.0:
+            return x
+        q = m.ln_1(x)
+        a, _ = m.self_attention(q, q, q, need_weights=False)
+        h = m.dropout(g * a) + x
+        return h + g * m.mlp(m.ln_2(h))
+
+
+@dataclass(frozen=True, eq=False)
+class ViTBranch(_EngineUnit):
     """One branch of a torchvision ViT encoder layer, as the batched lesion engine runs it.
 
     ``branch="attn"``: ``h = dropout(g * attn(ln_1(x))) + x``; ``"mlp"``: ``y = h + g *
     mlp(ln_2(h))``. With g = 1 the two in turn are the layer's own forward, op for op; with g = 0
     a branch adds zeros (what its gate returns), as the interventions compute it.
     """
-
-    def _layer(self) -> nn.Module:
-        return get_module(self._model, self.layer)
-
-    def unit(self, x: Tensor) -> Tensor:
-        return self._gained(self._layer(), x, 1.0)
-
-    def __call__(self, x: Tensor, gain: float = 1.0) -> Tensor:
-        return self._gained(self._layer(), x, gain)
 
     def _gained(self, m: nn.Module, x: Tensor, g: float) -> Tensor:
         if self.branch == "attn":
@@ -299,16 +299,9 @@ class ViTBranch(TransformerBlock):
         y = m.mlp(m.ln_2(x))
         return x + (y if g == 1.0 else g * y)
 
-    def apply_gains(self, x: Tensor, gains, sizes) -> Tensor:
-        """Each chunk alone with its gain, at the size the naive loop runs it (see ViTBlock)."""
-        m = self._layer()
-        if len(gains) == 1:
-            return self._gained(m, x, gains[0])
-        return torch.cat([self._gained(m, c, g) for c, g in zip(x.split(list(sizes)), gains)])
-
 
 @dataclass(frozen=True, eq=False)
-class TimmUnit(TransformerBlock):
+class TimmUnit(_EngineUnit):
     """A timm ViT block (``branch=None``) or one of its branches, as the batched engine runs it.
 
     ``x + drop_path1(ls1(g * attn(norm1(x))))`` then ``+ drop_path2(ls2(g * mlp(norm2(x))))``:
@@ -316,15 +309,6 @@ class TimmUnit(TransformerBlock):
     LayerScale. g = 1 is the block's own forward, op for op; a branch at g = 0 adds what its
     gate returns (zeros through LayerScale); a whole block at g = 0 is the identity.
     """
-
-    def _layer(self) -> nn.Module:
-        return get_module(self._model, self.layer)
-
-    def unit(self, x: Tensor) -> Tensor:
-        return self._gained(self._layer(), x, 1.0)
-
-    def __call__(self, x: Tensor, gain: float = 1.0) -> Tensor:
-        return self._gained(self._layer(), x, gain)
 
     @staticmethod
     def _branch(m: nn.Module, name: str, x: Tensor, g: float) -> Tensor:
@@ -344,13 +328,6 @@ class TimmUnit(TransformerBlock):
         if g == 0.0:
             return x
         return self._branch(m, "mlp", self._branch(m, "attn", x, g), g)
-
-    def apply_gains(self, x: Tensor, gains, sizes) -> Tensor:
-        """Each chunk alone with its gain, at the size the naive loop runs it (see ViTBlock)."""
-        m = self._layer()
-        if len(gains) == 1:
-            return self._gained(m, x, gains[0])
-        return torch.cat([self._gained(m, c, g) for c, g in zip(x.split(list(sizes)), gains)])
 
 
 def vit_chain(model: nn.Module, granularity: str = "block") -> list[Block | Glue]:

@@ -15,10 +15,10 @@ from ablate.interventions.variants import (
 )
 from ablate.models.blocks import blocks
 from ablate.models.transformers import TimmUnit
+from tests.unit.interventions.test_vit_branches import MEAN, STD, data
 
 timm = pytest.importorskip("timm")
 
-MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 DEPTH = 3
 
 
@@ -32,12 +32,6 @@ def vit(**kw):
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return m.double()
-
-
-def data(n: int = 5):
-    g = torch.Generator().manual_seed(1)
-    return (torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
-            torch.randint(0, 10, (n,), generator=g))
 
 
 @pytest.mark.parametrize("granularity", ["block", "branch"])
