@@ -1,8 +1,8 @@
 """The full single-block lesion sweep: the batched engine against one forward pass per deletion.
 
     OMP_NUM_THREADS=2 python benchmarks/lesion_sweep.py --model resnet110 \\
-        --checkpoint ablate/checkpoints/resnet110.safetensors --n-images 1000 --channels-last \\
-        --out benchmarks/lesion_sweep_resnet110_cpu.json
+        --checkpoint ablate/checkpoints/resnet110.safetensors --n-images 1500 --channels-last \\
+        --profile --out benchmarks/lesion_sweep_resnet110_cpu.json
     python benchmarks/lesion_sweep.py --model resnet56 --checkpoint \\
         ablate/checkpoints/resnet56.safetensors --amp bf16 --skip-naive --out bf16.json
 
@@ -20,7 +20,9 @@ max), the load average before and after, and whether every error count and loss 
 many deletions' error counts change against fp32 NCHW. ``--amp bf16`` adds the engine under bf16
 autocast (opt-in) likewise. Work and speed: the multiply-adds each side executes (convolutions
 and linear layers, counted by hooks) per second, against a compute-bound reference convolution
-on this machine (``reference_gflops``: what the cores sustain on a large 3x3 convolution).
+on this machine (``reference_gflops``: what the cores sustain on a large 3x3 convolution) and
+against the nominal peak of their vector width and clock. ``--profile`` adds where one batch of
+the engine spends its time (op kinds; oneDNN's convolution kernels against its reorders).
 Weights are random unless ``--checkpoint`` is given: the time does not depend on the weights (the
 error counts do, and they are compared either way).
 """
@@ -83,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--granularity", choices=("block", "branch"), default="block",
                    help="branch: every attention and MLP branch of a torchvision ViT alone")
     p.add_argument("--skip-naive", action="store_true", help="time the engine only")
+    p.add_argument("--profile", action="store_true",
+                   help="profile one batch of the engine (op kinds, oneDNN kernels and reorders)")
     p.add_argument("--out", default=None, help="write the report as JSON here")
     return p
 
@@ -136,6 +140,84 @@ def reference_gflops(device: torch.device, seconds: float = 3.0) -> float:
             _sync(device)
             best = min(best, time.perf_counter() - t0)
     return flops / best / 1e9
+
+
+def nominal_peak_gflops(threads: int) -> dict:
+    """fp32 peak from the cores' vector width and clock (Linux /proc/cpuinfo): threads x lanes x
+    2 FMA pipes (assumed: Zen 4/5, Skylake-SP and later) x 2 FLOPs x the nominal clock. A core
+    that boosts above its nominal clock runs faster than this."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines()
+                      if ln.startswith("flags")), []))
+    mhz = next((float(ln.split(":", 1)[1]) for ln in info.splitlines()
+                if ln.startswith("cpu MHz")), None)
+    bits = 512 if "avx512f" in flags else 256 if "avx2" in flags else 128
+    out = {"vector_bits": bits, "fma_pipes_assumed": 2, "nominal_mhz": mhz, "threads": threads}
+    if mhz:
+        out["gflops"] = round(threads * bits // 32 * 2 * 2 * mhz / 1e3, 1)
+    return out
+
+
+_OP_KINDS = (("convolution", ("convolution",)), ("batch norm", ("batch_norm",)),
+             ("relu, add, mul", ("relu", "threshold", "add", "mul")),
+             ("copy, cat, split", ("copy", "cat", "clone", "contiguous", "split", "narrow",
+                                   "slice", "empty", "to_dense", "_to_copy")))
+
+
+def _onednn_primitive_seconds(fn) -> dict[str, float]:
+    """oneDNN's own timing of each primitive kind while ``fn`` runs (its verbose mode, read
+    from file descriptor 1): how much of a convolution call is the kernel, how much reorders."""
+    import tempfile
+
+    sys.stdout.flush()
+    saved, tmp = os.dup(1), tempfile.TemporaryFile()
+    os.dup2(tmp.fileno(), 1)
+    try:
+        with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+            fn()
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+    tmp.seek(0)
+    out: dict[str, float] = {}
+    for line in tmp.read().decode(errors="replace").splitlines():
+        f = line.split(",")
+        if len(f) > 6 and f[2] == "primitive" and f[3] == "exec":
+            out[f[5]] = out.get(f[5], 0.0) + float(f[-1]) / 1e3
+    return out
+
+
+def profile(fn, x: torch.Tensor, y: torch.Tensor, conv_macs: int, reference: float,
+            threads: int) -> dict:
+    """Where one batch of the engine spends its time: torch.profiler's self CPU time by kind of
+    op, and oneDNN's timing of its convolution kernels against its layout reorders (NCHW to its
+    blocked layout and back, and the weights each call); the kernels' rate per thread against
+    the reference convolution's."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    fn(x, y)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn(x, y)
+    by: dict[str, float] = {}
+    for e in prof.key_averages():
+        kind = next((k for k, keys in _OP_KINDS if any(n in e.key for n in keys)), "other")
+        by[kind] = by.get(kind, 0.0) + e.self_cpu_time_total / 1e6
+    total = sum(by.values())
+    out: dict = {"op_share_of_cpu_time": {k: round(v / total, 3) for k, v in
+                                          sorted(by.items(), key=lambda kv: -kv[1])},
+                 "cpu_seconds": round(total, 3)}
+    prims = _onednn_primitive_seconds(lambda: fn(x, y))
+    if prims.get("convolution"):
+        conv, reorder = prims["convolution"], prims.get("reorder", 0.0)
+        per_thread = 2 * conv_macs / conv / 1e9
+        out |= {"onednn_seconds": {k: round(v, 3) for k, v in prims.items()},
+                "reorder_share_of_convolution_calls": round(reorder / (conv + reorder), 3),
+                "convolution_kernel_gflops_per_thread": round(per_thread, 1),
+                "reference_gflops_per_thread": round(reference / threads, 1),
+                "convolution_kernel_vs_reference": round(per_thread * threads / reference, 2)}
+    return out
 
 
 def _spread(base: list[float], other: list[float]) -> dict:
@@ -200,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     engine_macs = (full + sum(sum(per_unit[i + 1:]) + head for i in idx)) * len(ds)
     t_engine = sum(times["engine"])
     n_var, n_img = len(variants), len(ds)
+    reference = round(reference_gflops(device), 1)
     report: dict = {
         "model": args.model, "weights": args.checkpoint or "random init (timing does not depend "
         "on the weights)", "granularity": args.granularity, "deletions": n_var,
@@ -212,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in load_after],
         "macs_per_image_intact": full if cnn else None,
-        "reference_gflops": round(reference_gflops(device), 1),
+        "reference_gflops": reference,
+        "nominal_peak": nominal_peak_gflops(torch.get_num_threads()) if device.type == "cpu"
+        else None,
         "engine_s": round(t_engine, 3), "engine_images_per_s": round(n_var * n_img / t_engine, 1),
         "engine_gflops": round(2 * engine_macs / t_engine / 1e9, 1) if cnn else None,
         "intact_errors": intact.errors,
@@ -249,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         if "naive" in times:
             report[f"{label}_speedup"] = round(sum(times["naive"]) / t, 2)
             report[f"{label}_speedup_per_batch"] = _spread(times["naive"], times[key])
+    if args.profile and cnn and device.type == "cpu":
+        report["profile"] = profile(methods["engine"], images[:bs], labels[:bs],
+                                    engine_macs // len(ds) * bs, reference,
+                                    torch.get_num_threads())
     if args.amp == "bf16":
         from ablate.training.precision import cpu_has_native_bf16
 

@@ -16,7 +16,7 @@ def test_one_run_reports_ratio_agreement_and_bf16(tmp_path, cifar_batches, tiny_
     out = tmp_path / "r.json"
     assert bench.main(["--model", "resnet20", "--checkpoint", str(tiny_checkpoints["resnet20"]),
                        "--data", str(cifar_batches), "--n-images", "12", "--batch-size", "6",
-                       "--device", "cpu", "--amp", "bf16", "--out", str(out)]) == 0
+                       "--device", "cpu", "--amp", "bf16", "--profile", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["deletions"] == 9 and r["n_images"] == 12 and r["errors_agree"] is True
     assert r["speedup"] > 0 and r["engine_s"] > 0 and r["naive_s"] > 0
@@ -24,3 +24,11 @@ def test_one_run_reports_ratio_agreement_and_bf16(tmp_path, cifar_batches, tiny_
     assert {"bf16_native", "bf16_deletions_with_changed_count", "bf16_error_count_max_diff",
             "bf16_bitwise", "engine_bf16_s"} <= set(r)
     assert r["bf16_deletions_with_changed_count"] <= r["deletions"]
+    # where the time goes: op kinds (shares of one batch's CPU time), oneDNN kernels and reorders
+    prof = r["profile"]
+    assert abs(sum(prof["op_share_of_cpu_time"].values()) - 1) < 0.01
+    assert prof["op_share_of_cpu_time"]["convolution"] > 0
+    assert prof["onednn_seconds"]["convolution"] > 0
+    assert 0 <= prof["reorder_share_of_convolution_calls"] < 1
+    assert prof["convolution_kernel_gflops_per_thread"] > 0
+    assert r["nominal_peak"]["vector_bits"] in (128, 256, 512)
