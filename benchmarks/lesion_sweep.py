@@ -188,31 +188,36 @@ def _onednn_primitive_seconds(fn) -> dict[str, float]:
     return out
 
 
-def profile(fn, x: torch.Tensor, y: torch.Tensor, conv_macs: int, reference: float,
-            threads: int) -> dict:
+def profile(fn, one_worker, x: torch.Tensor, y: torch.Tensor, conv_macs: int,
+            reference: float, threads: int) -> dict:
     """Where one batch of the engine spends its time: torch.profiler's self CPU time by kind of
-    op, and oneDNN's timing of its convolution kernels against its layout reorders (NCHW to its
-    blocked layout and back, and the weights each call); the kernels' rate per thread against
-    the reference convolution's."""
+    op (``one_worker``: the engine on the caller's thread, the one the profiler sees), and
+    oneDNN's timing of its convolution kernels against its layout reorders (NCHW to its blocked
+    layout and back, and the weights each call) in ``fn``, on every thread; the kernels' rate
+    per thread against the reference convolution's."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    fn(x, y)
+    one_worker(x, y)
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn(x, y)
+        one_worker(x, y)
     by: dict[str, float] = {}
     for e in prof.key_averages():
         kind = next((k for k, keys in _OP_KINDS if any(n in e.key for n in keys)), "other")
         by[kind] = by.get(kind, 0.0) + e.self_cpu_time_total / 1e6
     total = sum(by.values())
-    out: dict = {"op_share_of_cpu_time": {k: round(v / total, 3) for k, v in
-                                          sorted(by.items(), key=lambda kv: -kv[1])},
-                 "cpu_seconds": round(total, 3)}
+    out: dict = {"op_share_of_cpu_time_one_worker": {
+        k: round(v / total, 3) for k, v in sorted(by.items(), key=lambda kv: -kv[1])}}
+    fn(x, y)
+    t0 = time.perf_counter()
     prims = _onednn_primitive_seconds(lambda: fn(x, y))
+    wall = time.perf_counter() - t0
     if prims.get("convolution"):
         conv, reorder = prims["convolution"], prims.get("reorder", 0.0)
         per_thread = 2 * conv_macs / conv / 1e9
-        out |= {"onednn_seconds": {k: round(v, 3) for k, v in prims.items()},
+        out |= {"wall_s": round(wall, 3), "thread_seconds": round(wall * threads, 3),
+                "onednn_seconds": {k: round(v, 3) for k, v in prims.items()},
+                "onednn_share_of_thread_seconds": round(sum(prims.values()) / wall / threads, 3),
                 "reorder_share_of_convolution_calls": round(reorder / (conv + reorder), 3),
                 "convolution_kernel_gflops_per_thread": round(per_thread, 1),
                 "reference_gflops_per_thread": round(reference / threads, 1),
@@ -335,9 +340,10 @@ def main(argv: list[str] | None = None) -> int:
             report[f"{label}_speedup"] = round(sum(times["naive"]) / t, 2)
             report[f"{label}_speedup_per_batch"] = _spread(times["naive"], times[key])
     if args.profile and cnn and device.type == "cpu":
-        report["profile"] = profile(methods["engine"], images[:bs], labels[:bs],
-                                    engine_macs // len(ds) * bs, reference,
-                                    torch.get_num_threads())
+        report["profile"] = profile(
+            methods["engine"], lambda x, y: evaluate_variants(
+                model, x, y, variants, **(ekw | {"workers": 1})), images[:bs], labels[:bs],
+            engine_macs // len(ds) * bs, reference, torch.get_num_threads())
     if args.amp == "bf16":
         from ablate.training.precision import cpu_has_native_bf16
 

@@ -203,6 +203,12 @@ def _lesion_sweep(r: dict) -> str:
     if r.get("engine_gflops") and r.get("reference_gflops"):
         line += (f"; {r['engine_gflops']:.0f} GFLOP/s against {r['reference_gflops']:.0f} "
                  "for one large convolution")
+    prof = r.get("profile") or {}
+    if "convolution_kernel_vs_reference" in prof:
+        line += (f" (profile: oneDNN {prof['onednn_share_of_thread_seconds']:.0%} of thread time, "
+                 f"its convolution kernels at {prof['convolution_kernel_vs_reference']:.2f}x that "
+                 f"rate, layout reorders {prof['reorder_share_of_convolution_calls']:.0%} of "
+                 "convolution calls)")
     if "engine_channels_last_s" in r:
         line += (f"; channels-last (opt-in) {r['channels_last_speedup']:.2f}x, "
                  f"{r['channels_last_deletions_with_changed_count']} of {r['deletions']} "

@@ -26,8 +26,8 @@ def test_one_run_reports_ratio_agreement_and_bf16(tmp_path, cifar_batches, tiny_
     assert r["bf16_deletions_with_changed_count"] <= r["deletions"]
     # where the time goes: op kinds (shares of one batch's CPU time), oneDNN kernels and reorders
     prof = r["profile"]
-    assert abs(sum(prof["op_share_of_cpu_time"].values()) - 1) < 0.01
-    assert prof["op_share_of_cpu_time"]["convolution"] > 0
+    assert abs(sum(prof["op_share_of_cpu_time_one_worker"].values()) - 1) < 0.01
+    assert prof["op_share_of_cpu_time_one_worker"]["convolution"] > 0
     assert prof["onednn_seconds"]["convolution"] > 0
     assert 0 <= prof["reorder_share_of_convolution_calls"] < 1
     assert prof["convolution_kernel_gflops_per_thread"] > 0
