@@ -378,6 +378,25 @@ def test_huang_table1_paired_on_the_same_images(tmp_path, monkeypatch, epochs, s
         assert "trained 40 epochs" in f.ours
 
 
+@pytest.mark.parametrize("sd_epochs, sd_lr, sd_wrong, verdict", [
+    (164, 0.1, 500, "extension: holds"), (164, 0.1, 700, "extension: does not hold"),
+    (164, 0.2, 500, "not comparable"), (120, 0.1, 500, "not comparable")])
+def test_huang_table1_at_equal_budget(tmp_path, monkeypatch, sd_epochs, sd_lr, sd_wrong, verdict):
+    """Both nets on one recipe for He et al.'s full 164 epochs are judged at equal budget, and
+    the verdict can fail; another recipe or epoch count for one of them is not comparable."""
+    he = {"schedule": "he", "epochs": 164, "lr": 0.1}
+    _cards(monkeypatch, epochs=164, resnet20={"recipe": he},
+           resnet20_sd={"epochs": sd_epochs, "recipe": he | {"lr": sd_lr, "epochs": sd_epochs}})
+    rng = np.random.default_rng(3)
+    df = pd.concat([_deletions("resnet20", "resnet", 5, 5, intact_wrong=700, rng=rng),
+                    _deletions("resnet20-sd", "stochastic_depth", 5, 5, intact_wrong=sd_wrong,
+                               rng=rng)])
+    f = _one(training_curves.verdicts(_write(_plan(tmp_path), "delete_block", df)),
+             "Huang et al. Table 1")
+    assert f.verdict == verdict and "equal budget" in f.criterion
+    assert ("judged at equal budget" in f.ours) == (verdict != "not comparable")
+
+
 def test_huang_time_saving_from_training_steps_alone(monkeypatch):
     cards = _cards(monkeypatch)
     ts = training_curves.time_saving
