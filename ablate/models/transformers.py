@@ -341,6 +341,15 @@ def vit_chain(model: nn.Module, granularity: str = "block") -> list[Block | Glue
     """
     name = layout(model).name
     if name == "timm_vit":
+        from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+        cls = type(model)
+        if not (isinstance(model, TimmViT) and cls.forward is TimmViT.forward
+                and cls.forward_features is TimmViT.forward_features):
+            raise UsageError(f"{cls.__name__} changes timm's VisionTransformer forward: the "
+                             "batched engine cannot split it; use the interventions (delete, "
+                             "scale, reorder, ...) on this transformer")
+
         def stem(x: Tensor) -> Tensor:
             return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
 

@@ -81,3 +81,18 @@ def test_both_branches_deleted_is_the_layer_deleted():
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     both = forward_variants(m, x, [Variant.deleting([2, 3])], granularity="branch")[0]
     assert torch.equal(both, forward_variants(m, x, [Variant.deleting(1)])[0])
+
+
+def test_a_timm_vit_with_its_own_forward_is_refused():
+    from ablate._infra.errors import UsageError
+
+    class Pooled(type(vit())):  # as a timm subclass that changes the forward would
+        def forward_features(self, x):
+            return super().forward_features(x) * 2
+
+    Pooled.__module__ = "timm.models.pooled"
+
+    m = vit()
+    m.__class__ = Pooled
+    with pytest.raises(UsageError, match="changes timm's VisionTransformer forward"):
+        forward_variants(m, torch.randn(1, 3, 32, 32, dtype=torch.float64), [Variant()])
