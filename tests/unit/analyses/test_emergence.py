@@ -79,3 +79,22 @@ def test_command_figure_and_verdict(runs, tmp_path):
     fig = plot(pd.read_csv(root / "results" / "emergence" / "results.csv"))
     gids = {a.get_gid() for ax in fig.axes for a in ax.get_children()}
     assert {"median:const", "median:sd", "heatmap:const", "heatmap:sd"} <= gids
+
+
+def test_reproduce_reads_the_shipped_tables_of_the_pair(runs, tmp_path, monkeypatch):
+    """The reproduction's step runs on the pair's bundled NAME.lesions.csv, named as the pair;
+    without them it is not run (None)."""
+    from analyses.plan import Plan, Settings
+
+    monkeypatch.setenv("ABLATE_CHECKPOINTS", str(tmp_path))
+    plan = Plan(resnets=("const",), plain=None, paths="const", gradnorm=(),
+                stochastic=("const", "sd"), zoo=())
+    assert emergence.reproduce(plan, Settings()) is None
+    for name in ("const", "sd"):
+        (tmp_path / f"{name}.lesions.csv").write_bytes(
+            (runs[name] / f"{name}.lesions.csv").read_bytes())
+    o = emergence.reproduce(plan, Settings())
+    assert o.names == ["const", "sd"] and [p.endswith(".lesions.csv") for p in o.runs] == [
+        True, True]
+    df = emergence.read_runs(o.runs, o.names)
+    assert set(df["model"]) == {"const", "sd"}
