@@ -20,7 +20,6 @@ import contextlib
 import csv
 import io
 import json
-import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from ablate._infra.errors import UsageError
-from ablate._infra.io import write_json, write_text
+from ablate._infra.io import file_lock, write_json, write_text
 
 __all__ = ["Table", "write_meta", "locked"]
 
@@ -233,24 +232,9 @@ def _merge(old: pd.DataFrame, new: pd.DataFrame, key: Sequence[str]) -> pd.DataF
     return pd.concat([old, new[fresh]], ignore_index=True)
 
 
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> contextlib.AbstractContextManager[None]:
     """An exclusive lock on ``.<name>.lock`` beside ``path`` while the block runs."""
-    lock = path.with_name(f".{path.name}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            import fcntl
-        except ImportError:  # Windows: msvcrt's byte-range lock
-            import msvcrt
-
-            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
-        else:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+    return file_lock(path.with_name(f".{path.name}.lock"))
 
 
 def _full(path: Path, e: OSError) -> UsageError:

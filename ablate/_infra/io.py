@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "write_json", "write_text", "sha256_file"]
+__all__ = ["atomic_write", "file_lock", "write_json", "write_text", "sha256_file"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -45,3 +46,24 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def file_lock(lock: str | Path) -> Iterator[None]:
+    """An exclusive lock on the file ``lock`` while the block runs (processes sharing one cache
+    entry or results table wait for each other instead of racing)."""
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            import fcntl
+        except ImportError:  # Windows: msvcrt's byte-range lock
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -10,20 +10,20 @@ sha256 before anything is kept, then converted.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import os
 import re
 import tempfile
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from .._infra.errors import UsageError
+from .._infra.io import file_lock as locked  # first users of one cache entry wait in turn
 from ..data import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["WEIGHTS", "Weights", "convert", "download", "get", "locked", "original_state",
@@ -184,25 +184,6 @@ def verify(w: Weights, path: str | Path) -> str | None:
     ok = sha.startswith(w.sha256) and (w.git_blob is None or blob == w.git_blob)
     return sha if ok else None
 
-
-@contextlib.contextmanager
-def locked(lock: Path) -> Iterator[None]:
-    """An exclusive lock on the file ``lock`` while the block runs (first users of one cache
-    entry wait for each other instead of racing)."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            import fcntl
-        except ImportError:  # Windows: msvcrt's byte-range lock
-            import msvcrt
-
-            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
-        else:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def download(w: Weights, cache: Path, opener: Callable | None = None) -> Path:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
 import pathlib
 
 import pandas as pd
 import pytest
 
 from ablate._infra.errors import UsageError
-from analyses import table as table_mod
 from analyses.table import Table, write_meta
 
 BASE = ("model", "checkpoint_sha256", "dataset", "split", "n_images", "data_sha256")
@@ -104,14 +104,14 @@ def test_full_disk_is_one_line_and_the_table_stays_whole(tmp_path, monkeypatch, 
 def test_a_lock_file_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
     key = KEYS["degradation"]
     t = Table(tmp_path / "results.csv", key)
-    real_open = table_mod.os.open
+    real_open = os.open
 
     def no_inodes(path, *a, **k):
         if str(path).endswith(".lock"):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_open(path, *a, **k)
 
-    monkeypatch.setattr(table_mod.os, "open", no_inodes)
+    monkeypatch.setattr(os, "open", no_inodes)
     with pytest.raises(UsageError) as e:
         t.add([row(key)])
     assert "free space" in str(e.value) and "\n" not in str(e.value)
