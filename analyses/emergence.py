@@ -141,9 +141,19 @@ def lr_drops(summary: pd.DataFrame) -> list[int]:
 # --- Verdicts: described, not judged ------------------------------------------------------------
 
 
-def _first(d: pd.DataFrame, col: str, test) -> int | None:
-    hit = d[test(d[col])]
-    return int(hit["epoch"].iloc[0]) if len(hit) else None
+def settled_from(d: pd.DataFrame, share: float = 0.5) -> int | None:
+    """The first lesion epoch from which at least ``share`` of the shape-keeping blocks are
+    equivalent to intact at every later lesion epoch too (None: not by the last one). A net at
+    initialisation errs at chance with or without a block, so its "equivalent" blocks say
+    nothing; a share that holds from some epoch to the end does not have that trap."""
+    ok = (d.sort_values("epoch")["share_equivalent"] >= share).to_numpy()
+    epochs = d.sort_values("epoch")["epoch"].to_numpy()
+    if not len(ok) or not ok[-1]:
+        return None
+    i = len(ok) - 1
+    while i > 0 and ok[i - 1]:
+        i -= 1
+    return int(epochs[i])
 
 
 def verdicts(root: Path) -> list[Finding]:
@@ -163,12 +173,16 @@ def verdicts(root: Path) -> list[Finding]:
     for model, d in s.groupby("model", sort=False):
         d = d.sort_values("epoch")
         last = d.iloc[-1]
-        half = _first(d, "share_equivalent", lambda c: c >= 0.5)
-        text = (f"{model}: median change {d['median_change'].iloc[0]:+.1%} at epoch "
-                f"{int(d['epoch'].iloc[0])}, {last['median_change']:+.1%} at epoch "
-                f"{int(last['epoch'])} ({int(last['n_equivalent'])}/{int(last['n_blocks'])} "
-                f"blocks equivalent); half the blocks equivalent first at epoch "
-                f"{'never' if half is None else half}")
+        half = settled_from(d)
+        first = d.iloc[0]
+        text = (f"{model}: median change {first['median_change']:+.1%} at epoch "
+                f"{int(first['epoch'])} (intact error {first['intact_error']:.1%}, "
+                f"{int(first['n_equivalent'])}/{int(first['n_blocks'])} blocks equivalent), "
+                f"{last['median_change']:+.1%} at epoch {int(last['epoch'])} "
+                f"({int(last['n_equivalent'])}/{int(last['n_blocks'])} equivalent); "
+                + ("no epoch from which half the blocks stay equivalent to the last lesion epoch"
+                   if half is None else
+                   f"half the blocks equivalent at every lesion epoch from epoch {half} on"))
         for e in drops:
             before, after = d[d["epoch"] < e].tail(1), d[d["epoch"] >= e].head(1)
             if len(before) and len(after):
@@ -177,6 +191,17 @@ def verdicts(root: Path) -> list[Finding]:
                          f"{after['median_change'].iloc[0]:+.1%} (epoch "
                          f"{int(after['epoch'].iloc[0])})")
         parts.append(text)
+    settled = {m: (d["family"].iloc[0], settled_from(d)) for m, d in s.groupby("model", sort=False)}
+    sd = [m for m, (f, _) in settled.items() if f == "stochastic_depth"]
+    const = [m for m, (f, _) in settled.items() if f == "resnet"]
+    if len(sd) == 1 and len(const) == 1:
+        a, b = settled[const[0]][1], settled[sd[0]][1]
+        never = [m for m, e in ((sd[0], b), (const[0], a)) if e is None]
+        parts.append(
+            f"stochastic depth: half the blocks stay equivalent from epoch {b} in {sd[0]}, "
+            f"from epoch {a} in {const[0]}" if not never else
+            f"stochastic depth: not compared (half the blocks do not stay equivalent in "
+            f"{' and '.join(never)})")
     return [Finding("When the ensemble emerges (ours)", claim, "; ".join(parts) + ".", "new",
                     criterion, fig(root, "emergence"))]
 

@@ -53,6 +53,16 @@ def test_per_epoch_counts_equivalent_shape_keeping_blocks(runs):
     assert emergence.lr_drops(s) == [4]  # lesions at 2 and 4: the first at a lower rate is 4
 
 
+def test_settled_from_ignores_a_share_that_does_not_last():
+    """At initialisation every deletion leaves a net at chance ("equivalent"): that share,
+    lost at epoch 1, is not when robustness emerged; one held to the last lesion epoch is."""
+    d = pd.DataFrame({"epoch": [0, 1, 2, 5, 8], "share_equivalent": [1.0, 0.0, 0.6, 0.4, 0.7]})
+    assert emergence.settled_from(d) == 8
+    assert emergence.settled_from(d.assign(share_equivalent=[1, 0, 0.6, 0.5, 0.9])) == 2
+    assert emergence.settled_from(d.assign(share_equivalent=[1, 0, 0.6, 0.9, 0.1])) is None
+    assert emergence.settled_from(d.iloc[::-1]) == 8  # order of rows does not matter
+
+
 def test_missing_or_empty_tables_are_one_line(tmp_path):
     from ablate._infra.errors import UsageError
 
@@ -74,6 +84,8 @@ def test_command_figure_and_verdict(runs, tmp_path):
     (out).rename(root / "results" / "emergence")
     (f,) = emergence.verdicts(root)
     assert f.verdict == "new" and "const:" in f.ours and "sd:" in f.ours
+    assert "half the blocks" in f.ours and "intact error" in f.ours
+    assert "stochastic depth: " in f.ours  # the pair compared, in words
     assert "described, not judged" in f.criterion
     assert emergence.verdicts(tmp_path / "none")[0].verdict == "not run"
     fig = plot(pd.read_csv(root / "results" / "emergence" / "results.csv"))
