@@ -96,3 +96,24 @@ def test_a_timm_vit_with_its_own_forward_is_refused():
     m.__class__ = Pooled
     with pytest.raises(UsageError, match="changes timm's VisionTransformer forward"):
         forward_variants(m, torch.randn(1, 3, 32, 32, dtype=torch.float64), [Variant()])
+
+
+def test_delete_block_rows_for_timm_branches_are_the_interventions():
+    """analyses.deletion (delete_block --branches) batches a timm ViT's branches: its rows equal
+    one evaluation per branch under ``delete``."""
+    from ablate.data import Dataset
+    from ablate.measures import evaluate
+    from ablate.models.checkpoint import Loaded
+    from analyses import deletion
+
+    m = vit()
+    images, labels = data(6)
+    ds = Dataset(images, labels, tuple("abcdefghij"), "cifar10", "test", "test")
+    loaded = Loaded(m, "timm-vit", "timm-vit", None, None, "init", MEAN, STD, "cifar10")
+    df = deletion.run(loaded, ds, branches=True, batch_size=4, progress=False)
+    rows = df[df["granularity"] == "branch"]
+    assert len(rows) == 2 * DEPTH
+    for i, r in enumerate(rows.itertuples()):
+        with delete(m, [i], granularity="branch"):
+            o = evaluate(m, images, labels, mean=MEAN, std=STD, batch_size=4, progress=False)
+        assert r.errors == o.errors and r.loss == o.loss_interval()[0], i
