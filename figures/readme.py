@@ -232,6 +232,12 @@ def _lm_sweep(r: dict) -> str:
             f"{r['engine_speedup']:.2f}x one forward per condition")
     if "engine_vs_hooks" in r:
         line += f", {r['engine_vs_hooks']:.2f}x a `run_with_hooks`-style loop"
+    prof = r.get("profile") or {}
+    if "tail_share_of_forward" in prof:
+        line += (f" (profile: final norm and output head {prof['tail_share_of_forward']:.0%} of a "
+                 "forward, run by every condition" + (
+                     f"; prefix sharing alone bounded at {prof['prefix_bound']:.2f}x"
+                     if prof.get("prefix_bound") else "") + ")")
     exact = r.get("engine_bitwise") and r.get("engine_top1_equal")
     line += ", outcomes bitwise equal" if exact else (
         f", max NLL difference {r.get('engine_max_nll_diff', float('nan')):.1e}")
