@@ -236,7 +236,8 @@ def _lm_sweep(r: dict) -> str:
     if "tail_share_of_forward" in prof:
         line += (f" (profile: final norm and output head {prof['tail_share_of_forward']:.0%} of a "
                  "forward, run by every condition" + (
-                     f"; prefix sharing alone bounded at {prof['prefix_bound']:.2f}x"
+                     f"; the work prefix sharing saves bounds it at {prof['prefix_bound']:.2f}x "
+                     "at equal speed per operation"
                      if prof.get("prefix_bound") else "") + ")")
     exact = r.get("engine_bitwise") and r.get("engine_top1_equal")
     line += ", outcomes bitwise equal" if exact else (
