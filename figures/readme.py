@@ -37,6 +37,9 @@ README = ROOT / "README.md"
 # --- models ----------------------------------------------------------------------------------
 
 
+_SCHEDULES = {"he": "He et al.'s schedule", "huang": "Huang et al.'s schedule"}
+
+
 def models_table(folder: Path | None = None) -> str:
     """One row per bundled checkpoint: our measured error, the published one, who trained it."""
     folder = folder or checkpoint.BUNDLED_DIR
@@ -54,9 +57,11 @@ def models_table(folder: Path | None = None) -> str:
         devices = dict.fromkeys(r["device"] for r in c.get("precision_by_epochs") or []) or [
             c.get("device", "?")]
         sd = ", stochastic depth" if c.get("stochastic_depth") else ""
-        rows.append(f"| `{c['name']}` | {err:.2%} | | `ablate train`{sd}: {c['epochs']} "
-                    f"{c['recipe']['schedule']} epochs, {c['train_seconds'] / 3600:.1f} h on "
-                    f"{', '.join(devices)} |")
+        schedule = c["recipe"]["schedule"]
+        epochs = (f"{c['epochs']} epochs of {_SCHEDULES[schedule]}" if schedule in _SCHEDULES
+                  else f"{c['epochs']} {schedule} epochs")
+        rows.append(f"| `{c['name']}` | {err:.2%} | | `ablate train`{sd}: {epochs}, "
+                    f"{c['train_seconds'] / 3600:.1f} h on {', '.join(devices)} |")
     return "\n".join(rows)
 
 

@@ -50,7 +50,12 @@ def test_models_table_gives_source_and_licence_or_the_training_run(tmp_path):
          "epochs": 40, "recipe": {"schedule": "cosine"}, "train_seconds": 3 * 3600,
          "precision_by_epochs": [{"device": "NVIDIA H200"}, {"device": "AMD EPYC"},
                                  {"device": "NVIDIA H200"}]}))
+    (tmp_path / "resnet110-full.json").write_text(json.dumps(
+        {"name": "resnet110-full", "final_test_error": 0.065, "epochs": 164,
+         "recipe": {"schedule": "he"}, "train_seconds": 7200, "device": "AMD EPYC"}))
     rows = readme.models_table(tmp_path).splitlines()
+    assert rows[-1] == ("| `resnet110-full` | 6.50% | | `ablate train`: 164 epochs of He et "
+                        "al.'s schedule, 2.0 h on AMD EPYC |")
     assert rows[2] == ("| `resnet20` | 8.27% | 8.27% | [akamaster/pytorch_resnet_cifar10]"
                        "(https://github.com/akamaster/pytorch_resnet_cifar10) @ d5489e8, "
                        "BSD-2-Clause |")  # published weights first
