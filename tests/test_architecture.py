@@ -133,8 +133,7 @@ def test_ruff_is_clean():
     import sys
 
     ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
-    if not Path(ruff).exists():
-        pytest.skip("ruff is not installed (pip install -e '.[dev]')")
+    assert Path(ruff).exists(), "ruff is part of the test setup: pip install -e '.[dev]'"
     done = subprocess.run([ruff, "check", "--no-cache", "."], cwd=ROOT, capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stdout[-3000:]

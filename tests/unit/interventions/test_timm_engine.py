@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 
 from ablate.interventions import delete, scale
@@ -16,8 +17,6 @@ from ablate.interventions.variants import (
 from ablate.models.blocks import blocks
 from ablate.models.transformers import TimmUnit
 from tests.unit.interventions.test_vit_branches import MEAN, STD, data
-
-timm = pytest.importorskip("timm")
 
 DEPTH = 3
 

