@@ -383,8 +383,8 @@ def test_hub_names_only_from_the_local_cache(tiny, tmp_path, monkeypatch):
 
 
 def test_smollm2_135m_loads(tmp_path):
-    """The real wheel (part of the test setup): dequantise into a fresh cache (about 25 s on two cores),
-    then one forward."""
+    """The real wheel (part of the test setup): dequantise into a fresh cache (about 25 s on two
+    cores), then one forward."""
     _need_wheel()
     lm = ablate.load("smollm2-135m", cache_dir=tmp_path)
     assert lm.layers == 30 and lm.card["license"] == "Apache-2.0"
