@@ -37,7 +37,6 @@ from __future__ import annotations
 import copy
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +45,13 @@ from tqdm.auto import tqdm
 
 from ablate._infra.errors import UsageError
 from ablate.interventions.edits import _check_attention_types
-from ablate.interventions.variants import Variant, applied, validate
+from ablate.interventions.variants import (
+    Variant,
+    applied,
+    check_workers,
+    validate,
+    worker_map,
+)
 from ablate.models.blocks import restore_flags, train_flags
 from ablate.models.transformers import (
     Layout,
@@ -394,10 +399,7 @@ def evaluate_lm_variants(
         m.validate(v)
     dev = _device(model)
     cpu = dev is not None and dev.type == "cpu"
-    if workers is None:
-        workers = torch.get_num_threads() if cpu else 1
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise UsageError(f"workers must be a positive integer, not {workers!r}")
+    workers = check_workers(workers, cpu)
     order = sorted(range(len(variants)), key=lambda i: m.first(variants[i]) or -1)
     n_chunks = max(-(-len(order) // max(1, chunk)), min(workers if cpu else 1, len(order)))
     chunks = [order[i::n_chunks] for i in range(n_chunks)]  # dealt: each gets deep and shallow
@@ -405,35 +407,31 @@ def evaluate_lm_variants(
     model.eval()
     base: list = []
     parts: list[list] = [[] for _ in variants]
-    pool = (ThreadPoolExecutor(min(workers, len(chunks)), initializer=torch.set_num_threads,
-                               initargs=(1,)) if cpu and workers > 1 and len(chunks) > 1
-            else None)
     try:
-        bar = tqdm(total=input_ids.shape[0] * (len(variants) + 1), desc=desc, unit="seq",
-                   disable=not progress, leave=False)
-        for rows in _batches(input_ids.shape[0], batch_size):
-            am = None if attention_mask is None else attention_mask[rows]
-            pid = None if position_ids is None else position_ids[rows]
-            it = lm_intact_pass(model, input_ids[rows], am, pid, _m=m)
-            base.append(reduce(it.logits, it.logits, rows))
-            bar.update(rows.stop - rows.start)
+        with worker_map(workers, len(chunks), cpu) as pmap:
+            bar = tqdm(total=input_ids.shape[0] * (len(variants) + 1), desc=desc, unit="seq",
+                       disable=not progress, leave=False)
+            for rows in _batches(input_ids.shape[0], batch_size):
+                am = None if attention_mask is None else attention_mask[rows]
+                pid = None if position_ids is None else position_ids[rows]
+                it = lm_intact_pass(model, input_ids[rows], am, pid, _m=m)
+                base.append(reduce(it.logits, it.logits, rows))
+                bar.update(rows.stop - rows.start)
 
-            def run(ch: list[int], it=it, rows=rows) -> list[tuple[int, object]]:
-                out: list[tuple[int, object]] = []
-                lm_forward_variants(
-                    model, input_ids[rows], [variants[i] for i in ch], intact=it,
-                    max_rows=max_rows, _m=m,
-                    on_logits=lambda v, lg: out.append((ch[v], reduce(lg, it.logits, rows))))
-                return out
+                def run(ch: list[int], it=it, rows=rows) -> list[tuple[int, object]]:
+                    out: list[tuple[int, object]] = []
+                    lm_forward_variants(
+                        model, input_ids[rows], [variants[i] for i in ch], intact=it,
+                        max_rows=max_rows, _m=m,
+                        on_logits=lambda v, lg: out.append((ch[v], reduce(lg, it.logits, rows))))
+                    return out
 
-            for done in (pool.map(run, chunks) if pool else map(run, chunks)):
-                for i, r in done:
-                    parts[i].append(r)
-                bar.update((rows.stop - rows.start) * len(done))
-        bar.close()
+                for done in pmap(run, chunks):
+                    for i, r in done:
+                        parts[i].append(r)
+                    bar.update((rows.stop - rows.start) * len(done))
+            bar.close()
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
         restore_flags(flags)
     return _collect(base), [_collect(p) for p in parts]
 

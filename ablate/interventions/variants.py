@@ -18,7 +18,7 @@ GPU, convolution algorithms chosen per batch size can likewise differ in the las
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -149,8 +149,12 @@ def steps_of(model: nn.Module, granularity: str = "block") -> list[Block | Glue]
 def intact_pass(model: nn.Module, x: Tensor, granularity: str = "block"
                 ) -> tuple[list[Tensor], Tensor]:
     """The intact network on ``x``: the input of every unit, and the logits."""
+    return _intact(steps_of(model, granularity), x)
+
+
+def _intact(steps: Sequence[Block | Glue], x: Tensor) -> tuple[list[Tensor], Tensor]:
     inputs, h = [], x
-    for step in steps_of(model, granularity):
+    for step in steps:
         if isinstance(step, Glue):
             h = step(h)
         else:
@@ -175,7 +179,14 @@ def forward_variants(
     units = [s for s in steps if isinstance(s, Block)]
     for var in variants:
         _validate_at(var, units, granularity)
-    inputs, logits = intact_pass(model, x, granularity) if intact is None else intact
+    return _forward(steps, units, x, variants, _intact(steps, x) if intact is None else intact)
+
+
+@torch.inference_mode()  # (per thread: the engine's workers call this directly)
+def _forward(steps: Sequence[Block | Glue], units: list[Block], x: Tensor,
+             variants: Sequence[Variant], intact: tuple[list[Tensor], Tensor]) -> list[Tensor]:
+    """:func:`forward_variants` on the model's steps, its variants already checked."""
+    inputs, logits = intact
     starts: dict[int, list[int]] = {}
     for v, var in enumerate(variants):
         d = var.first_change()
@@ -267,15 +278,13 @@ def evaluate_variants(
     """
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    units = [u for u in steps_of(model, granularity) if isinstance(u, Block)]
+    steps = steps_of(model, granularity)  # once: every batch and chunk runs these
+    units = [u for u in steps if isinstance(u, Block)]
     for var in variants:
         _validate_at(var, units, granularity)
     if max_rows is None:
         max_rows = 16384 if device.type == "cuda" else batch_size
-    if workers is None:
-        workers = torch.get_num_threads() if device.type == "cpu" else 1
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise UsageError(f"workers must be a positive integer, not {workers!r}")
+    workers = check_workers(workers, device.type == "cpu")
     per_chunk = max(1, max_rows // batch_size)
     order = sorted(range(len(variants)), key=lambda v: variants[v].first_change() or -1)
     chunks = [order[i:i + per_chunk] for i in range(0, len(order), per_chunk)]
@@ -284,35 +293,55 @@ def evaluate_variants(
     flags = train_flags(model)
     model.eval()
     parts: list[list[Outcome]] = [[] for _ in variants]
-    pool = (ThreadPoolExecutor(min(workers, len(chunks)), initializer=torch.set_num_threads,
-                               initargs=(1,))
-            if workers > 1 and device.type == "cpu" and len(chunks) > 1 else None)
     try:
-        with _memory_format(model, channels_last):
+        with _memory_format(model, channels_last), worker_map(
+                workers, len(chunks), device.type == "cpu") as pmap:
             bar = tqdm(total=len(images) * len(variants), desc=desc, unit="img",
                        disable=not progress, unit_scale=True, leave=False)
             for i in range(0, len(images), batch_size):
                 x = normalize(images[i:i + batch_size].to(device), m, s, dtype=dtype,
                               channels_last=channels_last)
                 y = labels[i:i + batch_size].to(device)
-                intact = intact_pass(model, x, granularity)  # shared by every chunk
+                intact = _intact(steps, x)  # shared by every chunk
 
                 def run(chunk: list[int], x=x, y=y, intact=intact) -> list[Outcome]:
-                    logits = forward_variants(model, x, [variants[v] for v in chunk], intact,
-                                              granularity)
+                    logits = _forward(steps, units, x, [variants[v] for v in chunk], intact)
                     return [outcome(lg, y) for lg in logits]
 
-                for chunk, outs in zip(chunks, pool.map(run, chunks) if pool else map(
-                        run, chunks)):
+                for chunk, outs in zip(chunks, pmap(run, chunks)):
                     for v, o in zip(chunk, outs):
                         parts[v].append(o)
                     bar.update(len(x) * len(chunk))
             bar.close()
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
         restore_flags(flags)
     return [Outcome.cat(p) for p in parts]
+
+
+def check_workers(workers: int | None, cpu: bool) -> int:
+    """The worker threads to use: ``workers``, or on the CPU the intra-op threads (1 elsewhere);
+    anything but a positive integer is a UsageError, before anything runs."""
+    if workers is None:
+        return torch.get_num_threads() if cpu else 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"workers must be a positive integer, not {workers!r}")
+    return workers
+
+
+@contextmanager
+def worker_map(workers: int, tasks: int, cpu: bool) -> Iterator[Callable]:
+    """``map`` over ``workers`` threads with one intra-op thread each (on the CPU, for more than
+    one task: independent streams need no barrier between the cores), else the builtin ``map``;
+    the threads are gone on exit, also on an exception."""
+    if not (cpu and workers > 1 and tasks > 1):
+        yield map
+        return
+    pool = ThreadPoolExecutor(min(workers, tasks), initializer=torch.set_num_threads,
+                              initargs=(1,))
+    try:
+        yield pool.map
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 @contextmanager
