@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ablate._infra.errors import UsageError
+from ablate.models.cifar_resnet import BasicBlock, PreActBlock
 
 __all__ = ["Block", "Glue", "get_module", "set_module"]
 
@@ -80,7 +81,7 @@ class Block:
         if self.kind == "residual":
             fast = _inplace(self.module)
             if fast is not None:
-                return fast[1](_add_(fast[0](x), self._shortcut(x)))
+                return fast[1](fast[0](x).add_(self._shortcut(x)))
             return self._post(self._residual(x) + self._shortcut(x))
         return self._unit(x)
 
@@ -112,7 +113,7 @@ class Block:
         if all(g != 0.0 for g in gains):
             r = residual(x)
             if all(g == 1.0 for g in gains):
-                return self._post(r + s) if fast is None else fast[1](_add_(r, s))
+                return self._post(r + s) if fast is None else fast[1](r.add_(s))
             rs = r.split(list(sizes))
         else:
             chunks = x.split(list(sizes))
@@ -142,10 +143,6 @@ def _preact_residual(m: nn.Module) -> Callable[[Tensor], Tensor]:
     return f
 
 
-def _add_(r: Tensor, s: Tensor) -> Tensor:
-    return r.add_(s)
-
-
 def _inplace(m: nn.Module) -> tuple[Callable, Callable] | None:
     """(residual, post) of an evaluating CIFAR BasicBlock or PreActBlock without autograd, with
     ReLUs and the addition in place on the tensors they create: the same values as the block's
@@ -154,8 +151,6 @@ def _inplace(m: nn.Module) -> tuple[Callable, Callable] | None:
     None for anything else (other or wrapped modules, training, stochastic depth, autograd)."""
     if torch.is_grad_enabled() or m.training:
         return None
-    from ablate.models.cifar_resnet import BasicBlock, PreActBlock
-
     t = type(m)
     if t not in (BasicBlock, PreActBlock) or m.survival != 1.0:
         return None
