@@ -41,6 +41,7 @@ import hashlib
 import importlib.util
 import itertools
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -1371,8 +1372,6 @@ def _closing(d: pd.DataFrame, meta: dict) -> list[str]:
 
 def _flags(command: str) -> str:
     """A command line without its program and ``--out`` folder: what chose the conditions."""
-    import re
-
     return re.sub(r"\s*--out\s+\S+", "", " ".join(command.split()[1:])) or "defaults"
 
 

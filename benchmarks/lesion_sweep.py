@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ablate import data, models
 from ablate._infra import distributed
+from ablate._infra.io import write_json
 from ablate._infra.provenance import device_name, versions
 from ablate.interventions.variants import Variant, evaluate_naive, evaluate_variants, steps_of
 from ablate.models import checkpoint
@@ -350,8 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         report["bf16_native"] = device.type == "cuda" or cpu_has_native_bf16()
     print(json.dumps(report, indent=2))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.out, report)
     return 0
 
 

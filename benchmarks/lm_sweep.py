@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ablate._infra.io import write_json
 from ablate._infra.provenance import device_name, versions
 from ablate.interventions.lm_variants import evaluate_lm_naive, evaluate_lm_variants
 from ablate.interventions.variants import Variant
@@ -137,12 +138,7 @@ def profile(model, ids, red, reps: int = 5) -> dict:
 def conditions(kind: str, n: int) -> list[Variant]:
     if kind == "delete":
         return [Variant.deleting(i) for i in range(n)]
-    out = []
-    for i in range(n - 1):
-        o = list(range(n))
-        o[i], o[i + 1] = i + 1, i
-        out.append(Variant.reordered(o))
-    return out
+    return [Variant.swapping(i, i + 1, n) for i in range(n - 1)]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -225,20 +221,19 @@ def main(argv: list[str] | None = None) -> int:
             report[f"{k}_speedup"] = round(sum(times["naive"]) / sum(times[k]), 2)
             report[f"{k}_speedup_per_round"] = [round(x, 2) for x in r]
             base, got = outs[k]
-            report[f"{k}_bitwise"] = all(torch.equal(g["nll"], n["nll"]) for g, n in zip(
+            report[f"{k}_bitwise"] = all(torch.equal(g["nll"], w["nll"]) for g, w in zip(
                 got, ref)) and torch.equal(base["nll"], ref_base["nll"])
-            report[f"{k}_max_nll_diff"] = max(float((g["nll"] - n["nll"]).abs().max())
-                                              for g, n in zip(got, ref))
-            report[f"{k}_top1_equal"] = all(torch.equal(g["top1"], n["top1"])
-                                            for g, n in zip(got, ref))
+            report[f"{k}_max_nll_diff"] = max(float((g["nll"] - w["nll"]).abs().max())
+                                              for g, w in zip(got, ref))
+            report[f"{k}_top1_equal"] = all(torch.equal(g["top1"], w["top1"])
+                                            for g, w in zip(got, ref))
         if "hooks" in names and "engine" in names:
             r = [a / c for a, c in zip(times["hooks"], times["engine"])]
             report["engine_vs_hooks"] = round(sum(times["hooks"]) / sum(times["engine"]), 2)
             report["engine_vs_hooks_per_round"] = [round(x, 2) for x in r]
     print(json.dumps(report, indent=2))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.out, report)
     return 0
 
 

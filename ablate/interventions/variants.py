@@ -78,6 +78,13 @@ class Variant:
         _check_positions(order, "order entry")
         return Variant(order=tuple(int(i) for i in order))
 
+    @staticmethod
+    def swapping(i: int, j: int, n: int) -> Variant:
+        """Positions ``i`` and ``j`` of ``n`` exchanged (Lad et al.'s adjacent swaps: j = i + 1)."""
+        order = list(range(n))
+        order[i], order[j] = order[j], order[i]
+        return Variant.reordered(order)
+
     def gain(self, pos: int) -> float:
         return dict(self.gains).get(pos, 1.0)
 

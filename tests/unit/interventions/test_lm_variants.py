@@ -63,12 +63,7 @@ def ids_and_mask(n: int = 3, t: int = 9, seed: int = 0) -> tuple[torch.Tensor, t
 
 
 def swaps() -> list[Variant]:
-    out = []
-    for i in range(L - 1):
-        o = list(range(L))
-        o[i], o[i + 1] = i + 1, i
-        out.append(Variant.reordered(o))
-    return out
+    return [Variant.swapping(i, i + 1, L) for i in range(L - 1)]
 
 
 VARIANTS = ([Variant.deleting(i) for i in range(L)] + swaps()

@@ -164,6 +164,7 @@ def test_variant_helpers():
     assert v.first_change() == 1 and v.spec(1) == (2, 1.0) and v.spec(3) == (3, 0.0)
     assert Variant().first_change() is None
     assert Variant.scaling({4: 1.0}).first_change() is None  # gain 1 is intact
+    assert Variant.swapping(1, 2, 4).order == (0, 2, 1, 3)
 
 
 def test_out_of_range_variant_is_refused_like_the_naive_loop():
