@@ -17,28 +17,39 @@ analysis, ``OUT/run.json`` (plan, sample sizes and why, wall times summed over i
 regenerates ``OUT/REPRODUCTION.md`` from those tables. Each analysis resumes from the rows it
 already has, so a second run (or one after a new checkpoint is bundled) measures only what is
 missing.
+
+A bundled checkpoint replaced by new weights under the same name (a longer training run) has its
+rows moved out of ``OUT/results`` into ``OUT/retired/<analysis>.csv`` before anything runs
+(:func:`retire`), so that no finding mixes two nets; run.json and the report's "Replaced
+checkpoints" section say what was retired, its measured test error and the commit it was measured
+at.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
+import pandas as pd
+
 from ablate._cli import execute
 from ablate._infra.errors import ArgumentParser, UsageError, check_out, cli_main, non_negative
-from ablate._infra.io import write_json
+from ablate._infra.io import sha256_file, write_json
+from ablate.models import checkpoint
 from analyses import registry
 from analyses.plan import Plan, Settings, plan
 from analyses.registry import Experiment
+from analyses.table import Table, read_rows, stored_key
 from figures.report import write_report
 
-__all__ = ["Plan", "Settings", "main", "plan", "steps"]
+__all__ = ["Plan", "Settings", "main", "plan", "retire", "steps"]
 
 
 def steps(p: Plan, s: Settings, **common: object) -> list[tuple[Experiment, object]]:
@@ -94,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         bad = sorted(set(args.only) - set(names))
         raise UsageError(f"unknown analysis {bad[0]!r}: choose from {', '.join(sorted(names))}")
     _write_run(out, args, argv, settings, p, names, {})
+    for r in retire(out):
+        print(f"retired: {r['model']} {r['checkpoint_sha256'][:12]} (replaced by the bundled "
+              f"checkpoint): {sum(r['rows'].values())} rows moved to {out / 'retired'}",
+              file=sys.stderr)
     running: list[tuple[str, float]] = []  # the step under way and when it began
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a kill
     try:
@@ -113,6 +128,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = write_report(out)
     print(f"\nreport: {report}", file=sys.stderr)
     return 0
+
+
+def retire(out: Path, names: Iterable[str] | None = None) -> list[dict]:
+    """Move every row measured on an earlier checkpoint of a bundled name (``names``: all
+    bundled) from ``out/results/<analysis>/results.csv`` to ``out/retired/<analysis>.csv``, and
+    record each retired checkpoint in ``out/run.json`` (model, sha256, when, rows per analysis,
+    its measured test error and the commit that measured it). Returns the new records.
+
+    Tables are keyed by ``checkpoint_sha256``, so new weights under an old name get new rows;
+    without this their findings would pool both nets. Rows of names not bundled stay."""
+    current = {}
+    for n in checkpoint.bundled_names() if names is None else names:
+        path = checkpoint.bundled(n)
+        if path is not None and path.stat().st_size:
+            current[n] = sha256_file(path)
+    found: dict[tuple[str, str], dict] = {}
+    for e in registry.experiments():
+        path = out / "results" / e.name / "results.csv"
+        columns = list(read_rows(path)[0].columns) if path.is_file() else []
+        if "checkpoint_sha256" not in columns:
+            continue
+        # a derived table (paths) has its own key; one with none recorded: each whole row
+        key = stored_key(path) or list(e.key or columns)
+
+        def stale(df: pd.DataFrame) -> pd.Series:
+            now = df["model"].astype(str).map(current)
+            return now.notna() & (df["checkpoint_sha256"].astype(str) != now)
+
+        gone = Table(path, key).pop(stale)
+        if gone.empty:
+            continue
+        Table(out / "retired" / f"{e.name}.csv", key).add(gone.to_dict("records"))
+        commit = _measured_commit(path.with_name("meta.json"))
+        for (model, sha), d in gone.groupby(["model", "checkpoint_sha256"], sort=False):
+            r = found.setdefault((str(model), str(sha)), {
+                "model": str(model), "checkpoint_sha256": str(sha),
+                "replaced_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "replaced_by": current[str(model)], "measured_commit": commit, "rows": {}})
+            r["rows"][e.name] = len(d)
+            if {"intact_error", "n_images"} <= set(d.columns) and d["n_images"].max() > \
+                    r.get("n_images", 0):
+                best = d[d["n_images"] == d["n_images"].max()]
+                r["test_error"] = float(best["intact_error"].iloc[0])
+                r["n_images"] = int(best["n_images"].iloc[0])
+    records = list(found.values())
+    if records:
+        f = out / "run.json"
+        run = json.loads(f.read_text()) if f.is_file() else {}
+        write_json(f, {**run, "retired": [*run.get("retired", []), *records]})
+    return records
+
+
+def _measured_commit(meta: Path) -> str | None:
+    try:
+        commit = json.loads(meta.read_text()).get("git_commit")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return commit if isinstance(commit, str) else None
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -174,6 +247,7 @@ def _write_run(out: Path, args: argparse.Namespace, argv: Sequence[str] | None,
         "settings_why": {} if args.quick else Settings.why(),
         "wall_seconds": {**old.get("wall_seconds", {}), **times}, "wall_seconds_total": total,
         "argv": list(argv) if argv is not None else sys.argv[1:],
+        "retired": old.get("retired", []),
     })
 
 

@@ -21,7 +21,7 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -29,7 +29,7 @@ import pandas as pd
 from ablate._infra.errors import UsageError
 from ablate._infra.io import file_lock, write_json, write_text
 
-__all__ = ["Table", "write_meta", "locked"]
+__all__ = ["Table", "stored_key", "write_meta", "locked"]
 
 # Key columns added since tables were first written: an older table without them is read with
 # "" there, so its rows match no new condition and are recomputed (never silently reused).
@@ -159,6 +159,25 @@ class Table:
             self.df = pd.concat([kept(self._read()), rows], ignore_index=True)
             self._write()
 
+    def pop(self, where: Callable[[pd.DataFrame], pd.Series]) -> pd.DataFrame:
+        """Remove the rows for which ``where(df)`` is true and return them (rows of a replaced
+        checkpoint, moved elsewhere by ``ablate.reproduce``); atomic and locked like :meth:`add`.
+        """
+        def split(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+            if df.empty:
+                return df, df
+            hit = where(df).to_numpy(dtype=bool)
+            return df[~hit].reset_index(drop=True), df[hit].reset_index(drop=True)
+
+        if self.path is None:
+            self.df, gone = split(self.df)
+            return gone
+        with _guarded_lock(self.path):
+            self.df, gone = split(self._read())
+            if len(gone):
+                self._write()
+        return gone
+
     def _read_quiet(self) -> pd.DataFrame:
         try:
             with contextlib.redirect_stderr(io.StringIO()):
@@ -184,6 +203,16 @@ class Table:
         d = self.df.assign(_order=pos)
         d = d[d["_order"].notna()]
         return d.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def stored_key(path: str | Path) -> list[str] | None:
+    """The key columns recorded beside the table at ``path`` (None: none recorded)."""
+    path = Path(path)
+    try:
+        key = json.loads(path.with_name(f".{path.name}.key").read_text()).get("key")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return [str(k) for k in key] if isinstance(key, list) else None
 
 
 def read_rows(path: Path, text_columns: Sequence[str] = ()) -> tuple[pd.DataFrame, int]:

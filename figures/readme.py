@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablate.models import checkpoint
+from ablate.models import checkpoint, language
 from analyses import registry
 from figures import report
 
@@ -142,8 +142,10 @@ def _found(found: list[report.Finding]) -> str:
 
 
 def _networks(ours: str) -> str:
-    """The bundled networks a finding names (its first clause where it names none)."""
-    names = report.networks_named(ours)
+    """The bundled networks a finding names (its first clause where it names none). A finding
+    that names a registered language model is about it: the CNNs it names are its yardsticks."""
+    lms = report.networks_named(ours, list(language.LMS))
+    names = lms or report.networks_named(ours)
     if not names:
         return ours.split(":")[0][:60]
     return ", ".join(names) if len(names) <= 3 else f"{len(names)} networks"

@@ -226,6 +226,29 @@ ENSEMBLE_FACTOR = 2  # "much like its ensemble": median single-deletion damage a
 _BRANCH = {"attn": "attention", "mlp": "MLP"}
 
 
+def _retired(run: dict) -> list[str]:
+    """The checkpoints whose rows ``reproduce`` moved out when new weights were bundled under
+    their names: what they measured, so a reader can tell a training budget from a finding."""
+    rs = run.get("retired") or []
+    if not rs:
+        return []
+    lines = ["", "## Replaced checkpoints", "",
+             "Bundled networks retrained under the same name. Their rows are in `retired/` (the "
+             "same columns as `results/`), and the report on them is in this file's git history; "
+             "no finding above uses them.", "",
+             "| model | checkpoint | test error (images) | rows kept | measured at commit | "
+             "replaced (UTC) | by |", "|---|---|---|---|---|---|---|"]
+    for r in rs:
+        err = (f"{100 * r['test_error']:.2f}% ({r['n_images']:,})" if "test_error" in r
+               else "not measured")
+        rows = ", ".join(f"{a} {n}" for a, n in r.get("rows", {}).items())
+        commit = str(r.get("measured_commit") or "unknown")[:10]
+        lines.append(f"| {r['model']} | {r['checkpoint_sha256'][:12]} | {err} | {rows} | "
+                     f"{commit} | {r.get('replaced_utc', '')} | "
+                     f"{str(r.get('replaced_by', ''))[:12]} |")
+    return lines
+
+
 def _vits(root: Path) -> tuple[list[str], pd.DataFrame, pd.DataFrame] | None:
     """The transformers of the single-deletion table, its whole-block rows and its branch rows
     (``delete_block --branches``); None when it holds no transformer."""
@@ -405,6 +428,7 @@ def write_report(root: str | Path) -> Path:
     for e in registry.experiments():  # an experiment's own section (the LM's per-layer table)
         if e.section is not None:
             lines += e.section(root)
+    lines += _retired(run)
     lines += _sizes(run)
     figs = sorted(str(p.relative_to(root)) for p in root.glob("results/*/*.png"))
     if figs:

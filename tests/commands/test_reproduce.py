@@ -184,3 +184,55 @@ def test_a_stopped_run_keeps_the_wall_time_of_every_step_it_ran(tmp_path, zoo, m
 
 def _raise_interrupt() -> int:
     raise KeyboardInterrupt
+
+
+def _rows(model: str, sha: str, error: float, n: int = 500) -> list[dict]:
+    from analyses.deletion import KEY
+    base = dict.fromkeys(KEY, "x")
+    return [{**base, "model": model, "checkpoint_sha256": sha, "n_images": n, "block": b,
+             "intact_error": error, "error": error + 0.01 * b} for b in range(3)]
+
+
+def test_rows_of_a_replaced_checkpoint_are_retired_before_anything_runs(tmp_path, zoo,
+                                                                         monkeypatch):
+    """New weights bundled under an old name: the old net's rows leave results/ (no finding
+    pools two nets), are kept in retired/, and the report says what they measured."""
+    from ablate._infra.io import sha256_file
+    from figures.report import _retired
+
+    now = {n: sha256_file(zoo / f"{n}.safetensors") for n in ("resnet20", "plain20")}
+    out = tmp_path / "repro"
+    table = out / "results" / "delete_block" / "results.csv"
+    table.parent.mkdir(parents=True)
+    pd.DataFrame(_rows("resnet20", "a" * 64, 0.25, 10_000) + _rows("resnet20", "a" * 64, 0.3)
+                 + _rows("resnet20", now["resnet20"], 0.2) + _rows("plain20", now["plain20"], 0.4)
+                 + _rows("mine", "b" * 64, 0.5)).to_csv(table, index=False)
+    (table.parent / "meta.json").write_text(json.dumps({"git_commit": "c0ffee" * 6}))
+    seen = []
+
+    def fake(e, o):  # every step sees the tables already without the old net's rows
+        seen.append(set(zip(pd.read_csv(table)["model"], pd.read_csv(table)["checkpoint_sha256"])))
+        return 0
+
+    monkeypatch.setattr(reproduce, "execute", fake)
+    monkeypatch.setattr(reproduce, "write_report", lambda root: root / "REPRODUCTION.md")
+    assert reproduce.main(["--quick", "--out", str(out), "--device", "cpu"]) == 0
+    assert seen and all(s == {("resnet20", now["resnet20"]), ("plain20", now["plain20"]),
+                              ("mine", "b" * 64)} for s in seen)
+    kept = pd.read_csv(out / "retired" / "delete_block.csv")
+    assert len(kept) == 6 and set(kept["checkpoint_sha256"]) == {"a" * 64}
+    run = json.loads((out / "run.json").read_text())  # kept through every later run.json write
+    [r] = run["retired"]
+    assert r["model"] == "resnet20" and r["checkpoint_sha256"] == "a" * 64
+    assert r["rows"] == {"delete_block": 6} and r["replaced_by"] == now["resnet20"]
+    assert r["test_error"] == 0.25 and r["n_images"] == 10_000  # the largest sample
+    assert r["measured_commit"] == "c0ffee" * 6
+    report = "\n".join(_retired(run))
+    assert "## Replaced checkpoints" in report
+    assert f"| resnet20 | {'a' * 12} | 25.00% (10,000) | delete_block 6 | c0ffeec0ff |" in report
+
+    # Nothing left to retire: a second run keeps the record and moves nothing.
+    assert reproduce.retire(out) == []
+    assert reproduce.main(["--quick", "--out", str(out), "--device", "cpu"]) == 0
+    assert json.loads((out / "run.json").read_text())["retired"] == run["retired"]
+    assert len(pd.read_csv(out / "retired" / "delete_block.csv")) == 6

@@ -125,3 +125,17 @@ def test_an_old_deletion_table_is_read_as_whole_blocks(tmp_path):
     assert t.missing([{"model": "m", "granularity": "branch", "block": 0}])
     t.add([{"model": "m", "granularity": "branch", "block": 0, "error": 0.6}])
     assert Table(path, t.key).df.granularity.tolist() == ["block", "branch"]
+
+
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_pop_removes_and_returns_the_chosen_rows_and_keeps_rows_added_meanwhile(tmp_path, on_disk):
+    path = tmp_path / "results.csv" if on_disk else None
+    t = Table(path, KEY)
+    t.add([{"model": m, "block": b, "error": b / 10} for m in ("old", "new") for b in range(3)])
+    if on_disk:  # another writer's row since t last read: kept, not overwritten
+        Table(path, KEY).add([{"model": "new", "block": 3, "error": 0.3}])
+    gone = t.pop(lambda df: df["model"] == "old")
+    assert sorted(gone["block"]) == [0, 1, 2] and set(gone["model"]) == {"old"}
+    left = pd.read_csv(path) if on_disk else t.df
+    assert set(left["model"]) == {"new"} and len(left) == (4 if on_disk else 3)
+    assert t.pop(lambda df: df["model"] == "old").empty

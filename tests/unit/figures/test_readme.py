@@ -92,6 +92,9 @@ def test_gallery_names_the_networks_of_each_finding(tmp_path, monkeypatch):
     assert readme._networks("resnet110 8.6%, resnet110-sd 10.0% on the same images") == \
         "resnet110, resnet110-sd"
     assert readme._networks("no net: just words, here") == "no net"
+    # an LM finding names CNNs as its yardsticks: the LM is what it is about
+    assert readme._networks("smollm2-135m: 8.4% at the median; resnet110: 1.6%") == \
+        "smollm2-135m"
     found = [report.Finding("Fig. 3", "c", "resnet110: x", "reproduces", "k"),
              report.Finding("Fig. 3", "c", "resnet1: y", "does not reproduce", "k"),
              report.Finding("Fig. 3", "c", "resnet110-sd: z", "reproduces", "k")]
