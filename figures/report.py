@@ -226,6 +226,22 @@ ENSEMBLE_FACTOR = 2  # "much like its ensemble": median single-deletion damage a
 _BRANCH = {"attn": "attention", "mlp": "MLP"}
 
 
+def pooled(root: Path) -> list[str]:
+    """One line per results table holding rows of two or more checkpoints of one model (rows
+    added by hand after new weights were bundled): its findings would pool different nets."""
+    out = []
+    for e in registry.experiments():
+        df, _ = read(root, e.name)
+        if df is None or not {"model", "checkpoint_sha256"} <= set(df.columns):
+            continue
+        n = df.groupby("model")["checkpoint_sha256"].nunique()
+        for model in n[n > 1].index:
+            out.append(f"results/{e.name} holds rows of {n[model]} checkpoints of {model}: its "
+                       "findings pool them; run `python -m ablate reproduce` to retire the "
+                       "replaced one's rows")
+    return out
+
+
 def _retired(run: dict) -> list[str]:
     """The checkpoints whose rows ``reproduce`` moved out when new weights were bundled under
     their names: what they measured, so a reader can tell a training budget from a finding."""
@@ -402,6 +418,7 @@ def write_report(root: str | Path) -> Path:
         "- Wall time per analysis (min, summed over resumed invocations): "
         + ", ".join(f"{k} {float(v) / 60:.1f}" for k, v in wall_seconds(run).items()),
         *_plan(run),
+        *(f"- **Warning**: {w}" for w in pooled(root)),
         "",
         *([("The data set is a JPEG (quality 75) copy of CIFAR-10: absolute errors are not "
             "comparable with the papers' pristine CIFAR-10 numbers; the findings are about shapes "

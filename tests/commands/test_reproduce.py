@@ -198,7 +198,7 @@ def test_rows_of_a_replaced_checkpoint_are_retired_before_anything_runs(tmp_path
     """New weights bundled under an old name: the old net's rows leave results/ (no finding
     pools two nets), are kept in retired/, and the report says what they measured."""
     from ablate._infra.io import sha256_file
-    from figures.report import _retired
+    from figures.report import _retired, pooled
 
     now = {n: sha256_file(zoo / f"{n}.safetensors") for n in ("resnet20", "plain20")}
     out = tmp_path / "repro"
@@ -208,6 +208,9 @@ def test_rows_of_a_replaced_checkpoint_are_retired_before_anything_runs(tmp_path
                  + _rows("resnet20", now["resnet20"], 0.2) + _rows("plain20", now["plain20"], 0.4)
                  + _rows("mine", "b" * 64, 0.5)).to_csv(table, index=False)
     (table.parent / "meta.json").write_text(json.dumps({"git_commit": "c0ffee" * 6}))
+    assert pooled(out) == ["results/delete_block holds rows of 2 checkpoints of resnet20: its "
+                           "findings pool them; run `python -m ablate reproduce` to retire the "
+                           "replaced one's rows"]
     seen = []
 
     def fake(e, o):  # every step sees the tables already without the old net's rows
@@ -219,6 +222,7 @@ def test_rows_of_a_replaced_checkpoint_are_retired_before_anything_runs(tmp_path
     assert reproduce.main(["--quick", "--out", str(out), "--device", "cpu"]) == 0
     assert seen and all(s == {("resnet20", now["resnet20"]), ("plain20", now["plain20"]),
                               ("mine", "b" * 64)} for s in seen)
+    assert pooled(out) == []
     kept = pd.read_csv(out / "retired" / "delete_block.csv")
     assert len(kept) == 6 and set(kept["checkpoint_sha256"]) == {"a" * 64}
     run = json.loads((out / "run.json").read_text())  # kept through every later run.json write
