@@ -28,12 +28,13 @@ at.
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import json
 import signal
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -46,7 +47,7 @@ from ablate.models import checkpoint
 from analyses import registry
 from analyses.plan import Plan, Settings, plan
 from analyses.registry import Experiment
-from analyses.table import Table, read_rows, stored_key
+from analyses.table import Table, stored_key
 from figures.report import write_report
 
 __all__ = ["Plan", "Settings", "main", "plan", "retire", "steps"]
@@ -130,31 +131,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def retire(out: Path, names: Iterable[str] | None = None) -> list[dict]:
-    """Move every row measured on an earlier checkpoint of a bundled name (``names``: all
-    bundled) from ``out/results/<analysis>/results.csv`` to ``out/retired/<analysis>.csv``, and
-    record each retired checkpoint in ``out/run.json`` (model, sha256, when, rows per analysis,
-    its measured test error and the commit that measured it). Returns the new records.
+def retire(out: Path) -> list[dict]:
+    """Move every row measured on an earlier checkpoint of a bundled name from
+    ``out/results/<analysis>/results.csv`` to ``out/retired/<analysis>.csv``, and record each
+    retired checkpoint in ``out/run.json`` (model, sha256, when, rows per analysis, its measured
+    test error and the commit that measured it). Returns the new records.
 
     Tables are keyed by ``checkpoint_sha256``, so new weights under an old name get new rows;
     without this their findings would pool both nets. Rows of names not bundled stay."""
     current = {}
-    for n in checkpoint.bundled_names() if names is None else names:
+    for n in checkpoint.bundled_names():
         path = checkpoint.bundled(n)
         if path is not None and path.stat().st_size:
             current[n] = sha256_file(path)
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     found: dict[tuple[str, str], dict] = {}
     for e in registry.experiments():
         path = out / "results" / e.name / "results.csv"
-        columns = list(read_rows(path)[0].columns) if path.is_file() else []
+        columns = _header(path)
         if "checkpoint_sha256" not in columns:
             continue
         # a derived table (paths) has its own key; one with none recorded: each whole row
         key = stored_key(path) or list(e.key or columns)
 
         def stale(df: pd.DataFrame) -> pd.Series:
-            now = df["model"].astype(str).map(current)
-            return now.notna() & (df["checkpoint_sha256"].astype(str) != now)
+            was = df["model"].astype(str).map(current)
+            return was.notna() & (df["checkpoint_sha256"].astype(str) != was)
 
         gone = Table(path, key).pop(stale)
         if gone.empty:
@@ -163,8 +165,7 @@ def retire(out: Path, names: Iterable[str] | None = None) -> list[dict]:
         commit = _measured_commit(path.with_name("meta.json"))
         for (model, sha), d in gone.groupby(["model", "checkpoint_sha256"], sort=False):
             r = found.setdefault((str(model), str(sha)), {
-                "model": str(model), "checkpoint_sha256": str(sha),
-                "replaced_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "model": str(model), "checkpoint_sha256": str(sha), "replaced_utc": now,
                 "replaced_by": current[str(model)], "measured_commit": commit, "rows": {}})
             r["rows"][e.name] = len(d)
             if {"intact_error", "n_images"} <= set(d.columns) and d["n_images"].max() > \
@@ -178,6 +179,15 @@ def retire(out: Path, names: Iterable[str] | None = None) -> list[dict]:
         run = json.loads(f.read_text()) if f.is_file() else {}
         write_json(f, {**run, "retired": [*run.get("retired", []), *records]})
     return records
+
+
+def _header(path: Path) -> list[str]:
+    """The column names of a CSV table ([] when there is none or it is unreadable)."""
+    try:
+        with open(path, newline="") as f:
+            return next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
 
 
 def _measured_commit(meta: Path) -> str | None:

@@ -84,17 +84,14 @@ class Table:
     def _check_key(self) -> None:
         """Refuse a table whose recorded key is another experiment's (key columns added since
         a table was written do not count: such a table is this experiment's, older)."""
-        try:
-            stored = json.loads(self._key_path().read_text()).get("key")
-        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        stored = stored_key(self.path)
+        if stored is None:
             return  # none (an older table) or unreadable: rewritten at the next write
-        if not isinstance(stored, list):
-            return
         later = set(OPTIONAL_KEY) | set(DEFAULT_KEY)
-        if set(map(str, stored)) - later != set(self.key) - later:
+        if set(stored) - later != set(self.key) - later:
             raise UsageError(
                 f"{self.path} is a results table of another experiment (its key is "
-                f"{', '.join(map(str, stored))}; this command's is {', '.join(self.key)}): pass "
+                f"{', '.join(stored)}; this command's is {', '.join(self.key)}): pass "
                 "another --out, or move the file away"
             )
 
