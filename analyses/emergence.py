@@ -125,8 +125,9 @@ def per_epoch(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def lr_drops(summary: pd.DataFrame) -> list[int]:
-    """The first epochs at a lower rate (a fall of 2x or more), from the lesion epochs' rates
-    and, where epochs between are missing, from the known schedule of each run's log."""
+    """The first lesion epochs at a lower rate (a fall of 2x or more) than the lesion epoch
+    before. ``--lesion-at auto`` measures each drop's epoch and the one after, so these are the
+    drops themselves; a sparser schedule places them at the next lesion epoch."""
     drops: set[int] = set()
     for _, d in summary.dropna(subset=["lr"]).groupby("model"):
         d = d.sort_values("epoch")
@@ -156,6 +157,15 @@ def settled_from(d: pd.DataFrame, share: float = 0.5) -> int | None:
     return int(epochs[i])
 
 
+def _state(row: pd.Series) -> str:
+    """One lesion epoch in words: median single deletion, blocks equivalent, downsampling."""
+    text = (f"median change {row['median_change']:+.1%}, {int(row['n_equivalent'])}/"
+            f"{int(row['n_blocks'])} blocks equivalent")
+    if pd.notna(row["downsample_change"]):
+        text += f", downsampling blocks {row['downsample_change']:+.1%}"
+    return text
+
+
 def verdicts(root: Path) -> list[Finding]:
     df, _ = read(root, "emergence")
     claim = ("No published number: Veit et al. and Huang et al. test the finished nets only. "
@@ -172,24 +182,20 @@ def verdicts(root: Path) -> list[Finding]:
     parts = []
     for model, d in s.groupby("model", sort=False):
         d = d.sort_values("epoch")
-        last = d.iloc[-1]
+        first, last = d.iloc[0], d.iloc[-1]
         half = settled_from(d)
-        first = d.iloc[0]
-        text = (f"{model}: median change {first['median_change']:+.1%} at epoch "
-                f"{int(first['epoch'])} (intact error {first['intact_error']:.1%}, "
-                f"{int(first['n_equivalent'])}/{int(first['n_blocks'])} blocks equivalent), "
-                f"{last['median_change']:+.1%} at epoch {int(last['epoch'])} "
-                f"({int(last['n_equivalent'])}/{int(last['n_blocks'])} equivalent); "
+        text = (f"{model}: at epoch {int(first['epoch'])} (intact error "
+                f"{first['intact_error']:.1%}) {_state(first)}; at epoch {int(last['epoch'])} "
+                f"(intact error {last['intact_error']:.1%}) {_state(last)}; "
                 + ("no epoch from which half the blocks stay equivalent to the last lesion epoch"
                    if half is None else
                    f"half the blocks equivalent at every lesion epoch from epoch {half} on"))
         for e in drops:
             before, after = d[d["epoch"] < e].tail(1), d[d["epoch"] >= e].head(1)
             if len(before) and len(after):
-                text += (f"; across the drop at epoch {e}: {before['median_change'].iloc[0]:+.1%}"
-                         f" (epoch {int(before['epoch'].iloc[0])}) -> "
-                         f"{after['median_change'].iloc[0]:+.1%} (epoch "
-                         f"{int(after['epoch'].iloc[0])})")
+                b, a = before.iloc[0], after.iloc[0]
+                text += (f"; across the drop at epoch {e}: epoch {int(b['epoch'])} "
+                         f"{_state(b)} -> epoch {int(a['epoch'])} {_state(a)}")
         parts.append(text)
     settled = {m: (d["family"].iloc[0], settled_from(d)) for m, d in s.groupby("model", sort=False)}
     sd = [m for m, (f, _) in settled.items() if f == "stochastic_depth"]

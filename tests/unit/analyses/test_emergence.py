@@ -85,12 +85,14 @@ def test_command_figure_and_verdict(runs, tmp_path):
     (f,) = emergence.verdicts(root)
     assert f.verdict == "new" and "const:" in f.ours and "sd:" in f.ours
     assert "half the blocks" in f.ours and "intact error" in f.ours
+    assert "downsampling blocks" in f.ours and "across the drop at epoch 4: epoch 2" in f.ours
     assert "stochastic depth: " in f.ours  # the pair compared, in words
     assert "described, not judged" in f.criterion
     assert emergence.verdicts(tmp_path / "none")[0].verdict == "not run"
     fig = plot(pd.read_csv(root / "results" / "emergence" / "results.csv"))
     gids = {a.get_gid() for ax in fig.axes for a in ax.get_children()}
-    assert {"median:const", "median:sd", "heatmap:const", "heatmap:sd"} <= gids
+    assert {"median:const", "median:sd", "downsample:const", "downsample:sd", "heatmap:const",
+            "heatmap:sd", "drop:const:4", "drop:sd:4"} <= gids  # the drop between rows 2 and 4
 
 
 def test_reproduce_reads_the_shipped_tables_of_the_pair(runs, tmp_path, monkeypatch):
