@@ -182,7 +182,8 @@ def verdicts(root: Path) -> list[Finding]:
     parts = []
     for model, d in s.groupby("model", sort=False):
         d = d.sort_values("epoch")
-        first, last = d.iloc[0], d.iloc[-1]
+        trained = d[d["epoch"] > 0]  # at initialisation every deletion leaves chance: no news
+        first, last = (trained if len(trained) else d).iloc[0], d.iloc[-1]
         half = settled_from(d)
         text = (f"{model}: at epoch {int(first['epoch'])} (intact error "
                 f"{first['intact_error']:.1%}) {_state(first)}; at epoch {int(last['epoch'])} "

@@ -86,6 +86,7 @@ def test_command_figure_and_verdict(runs, tmp_path):
     assert f.verdict == "new" and "const:" in f.ours and "sd:" in f.ours
     assert "half the blocks" in f.ours and "intact error" in f.ours
     assert "downsampling blocks" in f.ours and "across the drop at epoch 4: epoch 2" in f.ours
+    assert "const: at epoch 1 (" in f.ours  # the first trained epoch, not the net at chance
     assert "stochastic depth: " in f.ours  # the pair compared, in words
     assert "described, not judged" in f.criterion
     assert emergence.verdicts(tmp_path / "none")[0].verdict == "not run"
