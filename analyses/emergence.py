@@ -33,7 +33,7 @@ from ablate.training import lesion
 from analyses.options import Base, flag
 from analyses.plan import Plan, Settings
 from analyses.registry import Experiment, Result
-from analyses.table import Table
+from analyses.table import Table, as_bool
 from analyses.verdicts import ALPHA, EQUIVALENCE_MARGIN, Finding, fig, read
 
 __all__ = ["EXPERIMENT", "KEY", "per_epoch", "read_runs", "verdicts"]
@@ -100,15 +100,11 @@ def read_runs(paths: list[str | Path], names: list[str] | None = None) -> pd.Dat
     return df
 
 
-def _bool(s: pd.Series) -> pd.Series:
-    """A column of booleans as read back from a CSV ("True"/"False") or as written."""
-    return s if s.dtype == bool else s.astype(str).str.strip().str.lower().isin({"true", "1"})
-
-
 def per_epoch(df: pd.DataFrame) -> pd.DataFrame:
     """Per model and epoch: the intact error, the median change over shape-keeping blocks and
     how many of them are equivalent to intact, the downsampling blocks' mean change, the rate."""
-    df = df.assign(downsample=_bool(df["downsample"]), equivalent=_bool(df["equivalent"]))
+    df = df.assign(downsample=as_bool(df["downsample"]),
+                   equivalent=as_bool(df["equivalent"]))
     out = []
     for (model, epoch), d in df.groupby(["model", "epoch"], sort=True):
         keep, down = d[~d["downsample"]], d[d["downsample"]]

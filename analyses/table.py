@@ -29,7 +29,7 @@ import pandas as pd
 from ablate._infra.errors import UsageError
 from ablate._infra.io import file_lock, write_json, write_text
 
-__all__ = ["Table", "stored_key", "write_meta", "locked"]
+__all__ = ["Table", "as_bool", "stored_key", "write_meta", "locked"]
 
 # Key columns added since tables were first written: an older table without them is read with
 # "" there, so its rows match no new condition and are recomputed (never silently reused).
@@ -200,6 +200,13 @@ class Table:
         d = self.df.assign(_order=pos)
         d = d[d["_order"].notna()]
         return d.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def as_bool(s: pd.Series) -> pd.Series:
+    """A CSV column of booleans as bool, however it was written ("True", "1", "1.0", "yes")."""
+    if s.dtype == bool:
+        return s
+    return s.astype(str).str.strip().str.lower().isin({"true", "1", "1.0", "yes", "y"})
 
 
 def stored_key(path: str | Path) -> list[str] | None:

@@ -105,7 +105,7 @@ def _panel_c(ax, df, styles) -> None:
             continue
         k, v = d["k"].to_numpy(float), d["value"].to_numpy(float)
         ax.plot(k, v * 100, color=color, linestyle=ls, linewidth=1.0, gid=f"total:{model}")
-        inr = d["in_range"].astype(str).str.lower().isin({"true", "1"}).to_numpy()
+        inr = theme.as_bool(d["in_range"]).to_numpy()
         if inr.any():
             lo, hi = k[inr].min(), k[inr].max()
             ax.axvspan(lo - 0.5, hi + 0.5, color=color, alpha=0.12, linewidth=0,

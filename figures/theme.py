@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ablate import models
+from analyses.table import as_bool  # figures read the tables analyses write
 
 __all__ = [
     "DPI",
@@ -30,6 +31,7 @@ __all__ = [
     "ONE_COLUMN",
     "TWO_COLUMN",
     "apply",
+    "as_bool",
     "family_color",
     "model_colors",
     "family_label",
@@ -73,11 +75,6 @@ GUIDE_COLOR = "#9a9a9a"  # chance lines, separators, legend proxies
 
 
 
-def as_bool(s: pd.Series) -> pd.Series:
-    """A CSV column of booleans as bool, however it was written ("True", "1", "1.0", "yes")."""
-    if s.dtype == bool:
-        return s
-    return s.astype(str).str.strip().str.lower().isin({"true", "1", "1.0", "yes", "y"})
 
 
 def family_of(model: str) -> str:
