@@ -28,7 +28,6 @@ at.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import signal
@@ -47,7 +46,7 @@ from ablate.models import checkpoint
 from analyses import registry
 from analyses.plan import Plan, Settings, plan
 from analyses.registry import Experiment
-from analyses.table import Table, stored_key
+from analyses.table import Table, header, stored_key
 from figures.report import write_report
 
 __all__ = ["Plan", "Settings", "main", "plan", "retire", "steps"]
@@ -148,7 +147,7 @@ def retire(out: Path) -> list[dict]:
     found: dict[tuple[str, str], dict] = {}
     for e in registry.experiments():
         path = out / "results" / e.name / "results.csv"
-        columns = _header(path)
+        columns = header(path)
         if "checkpoint_sha256" not in columns:
             continue
         # a derived table (paths) has its own key; one with none recorded: each whole row
@@ -179,15 +178,6 @@ def retire(out: Path) -> list[dict]:
         run = json.loads(f.read_text()) if f.is_file() else {}
         write_json(f, {**run, "retired": [*run.get("retired", []), *records]})
     return records
-
-
-def _header(path: Path) -> list[str]:
-    """The column names of a CSV table ([] when there is none or it is unreadable)."""
-    try:
-        with open(path, newline="") as f:
-            return next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
 
 
 def _measured_commit(meta: Path) -> str | None:

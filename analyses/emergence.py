@@ -175,12 +175,13 @@ def verdicts(root: Path) -> list[Finding]:
                         "not run", criterion)]
     s = per_epoch(df)
     drops = lr_drops(s)
-    parts = []
+    parts, settled = [], {}
     for model, d in s.groupby("model", sort=False):
         d = d.sort_values("epoch")
         trained = d[d["epoch"] > 0]  # at initialisation every deletion leaves chance: no news
         first, last = (trained if len(trained) else d).iloc[0], d.iloc[-1]
         half = settled_from(d)
+        settled[model] = (d["family"].iloc[0], half)
         text = (f"{model}: at epoch {int(first['epoch'])} (intact error "
                 f"{first['intact_error']:.1%}) {_state(first)}; at epoch {int(last['epoch'])} "
                 f"(intact error {last['intact_error']:.1%}) {_state(last)}; "
@@ -194,7 +195,6 @@ def verdicts(root: Path) -> list[Finding]:
                 text += (f"; across the drop at epoch {e}: epoch {int(b['epoch'])} "
                          f"{_state(b)} -> epoch {int(a['epoch'])} {_state(a)}")
         parts.append(text)
-    settled = {m: (d["family"].iloc[0], settled_from(d)) for m, d in s.groupby("model", sort=False)}
     sd = [m for m, (f, _) in settled.items() if f == "stochastic_depth"]
     const = [m for m, (f, _) in settled.items() if f == "resnet"]
     if len(sd) == 1 and len(const) == 1:

@@ -29,7 +29,7 @@ import pandas as pd
 from ablate._infra.errors import UsageError
 from ablate._infra.io import file_lock, write_json, write_text
 
-__all__ = ["Table", "as_bool", "stored_key", "write_meta", "locked"]
+__all__ = ["Table", "as_bool", "header", "stored_key", "write_meta", "locked"]
 
 # Key columns added since tables were first written: an older table without them is read with
 # "" there, so its rows match no new condition and are recomputed (never silently reused).
@@ -207,6 +207,16 @@ def as_bool(s: pd.Series) -> pd.Series:
     if s.dtype == bool:
         return s
     return s.astype(str).str.strip().str.lower().isin({"true", "1", "1.0", "yes", "y"})
+
+
+def header(path: str | Path) -> list[str]:
+    """The column names of the CSV table at ``path`` ([] when there is none or it is
+    unreadable), without reading its rows."""
+    try:
+        with open(path, newline="") as f:
+            return next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
 
 
 def stored_key(path: str | Path) -> list[str] | None:

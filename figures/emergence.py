@@ -61,10 +61,9 @@ def plot(df: pd.DataFrame | str | PathLike, *, note: str | None = None):
         ax.set_yticks(range(len(grid.index)), [str(e) for e in grid.index], fontsize="xx-small")
         ax.set_xlabel("deleted block")
         ax.set_ylabel("epoch")
-        rows = list(grid.index)
         for e in drops:  # a line above the first row at the lower rate
-            i = next((i for i, r in enumerate(rows) if r >= e), None)
-            if i:
+            i = int(np.searchsorted(grid.index, e))
+            if 0 < i < len(grid.index):
                 ax.axhline(i - 0.5, color="black", linestyle=":", linewidth=0.9,
                            gid=f"drop:{m}:{e}")
         fig.colorbar(im, ax=ax, label="error change (points)", shrink=0.8)

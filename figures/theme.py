@@ -74,9 +74,6 @@ NOTE_WIDTH = 48  # characters of a caption on one line (beside a panel letter)
 GUIDE_COLOR = "#9a9a9a"  # chance lines, separators, legend proxies
 
 
-
-
-
 def family_of(model: str) -> str:
     """Model family from a model name, e.g. ``"resnet110-sd"`` -> ``"stochastic_depth"``:
     ``reference`` for names containing ``published`` or ``reference``, else
