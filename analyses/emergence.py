@@ -61,6 +61,31 @@ def _lr_by_epoch(log: Path | None) -> dict[int, float]:
     return {int(e): float(v) for e, v in zip(df["epoch"], df["lr"])}
 
 
+def _check_same_run(table: Path, rows: list[dict], log: Path | None, lr: dict[int, float],
+                    card_path: Path | None, card: dict) -> None:
+    """Refuse a lesion table beside a card or log of another run (a checkpoint re-trained under
+    the same name with one of its three files left behind): the epochs would be read at the wrong
+    learning rates and the run named after the wrong training. A finished run's card lists the
+    table's epochs and their summed seconds; its log ends at the card's last epoch. A live run
+    (no card yet) writes an epoch's lesion rows just before that epoch's log row."""
+    fix = "ship the run's NAME.json, NAME.log.csv and NAME.lesions.csv together"
+    seconds = {int(r["epoch"]): float(r["seconds"]) for r in rows}
+    if card_path is not None:
+        c = card.get("lesions")
+        if (not isinstance(c, dict) or c.get("epochs") != sorted(seconds)
+                or abs(float(c.get("seconds", -1)) - sum(seconds.values())) > 0.051):
+            raise UsageError(f"{card_path} is not the card of the run that wrote {table} (its "
+                             f"lesion epochs or their seconds differ): {fix}")
+    if log is None or not log.is_file():
+        return
+    last = card.get("epochs") if card_path is not None else None
+    live = {max(seconds)} if card_path is None else set()
+    missing = sorted(e for e in seconds if e > 0 and e not in lr and e not in live)
+    if missing or (last is not None and lr and max(lr) != last):
+        raise UsageError(f"{log} is not the log of the run that wrote {table} (it ends at epoch "
+                         f"{max(lr, default=0)}; the lesions reach epoch {max(seconds)}): {fix}")
+
+
 def read_run(path: str | Path, name: str | None = None) -> pd.DataFrame:
     """The lesion rows of one training run (a run folder or a ``NAME.lesions.csv``) with
     ``model``, ``family``, the epoch's learning rate and the equivalence test of each row."""
@@ -71,19 +96,23 @@ def read_run(path: str | Path, name: str | None = None) -> pd.DataFrame:
     rows = lesion.read_table(table)
     if not rows:
         raise UsageError(f"{table} holds no rows yet: wait for the first lesion epoch")
-    card = {}
+    card: dict = {}
     if card_path is not None:
         try:
             card = json.loads(card_path.read_text())
-        except (OSError, ValueError):
-            card = {}
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{card_path}: not a readable card ({type(e).__name__}): ship the "
+                             "card that ablate train wrote, or move it away") from None
+        if not isinstance(card, dict):
+            raise UsageError(f"{card_path}: not a card (a JSON object): ship the card that "
+                             "ablate train wrote, or move it away")
     model = name or card.get("name") or (Path(path).name if Path(path).is_dir() else
                                          table.name.removesuffix(".lesions.csv"))
-    df = pd.DataFrame(rows)
     lr = _lr_by_epoch(log)
+    _check_same_run(table, rows, log, lr, card_path, card)
+    df = pd.DataFrame(rows)
     df.insert(0, "model", model)
-    df.insert(1, "family", models.family(model, card if isinstance(card, dict) else None,
-                                         default="resnet"))
+    df.insert(1, "family", models.family(model, card or None, default="resnet"))
     df["lr"] = [lr.get(int(e), np.nan) for e in df["epoch"]]  # the rate of the epoch just run
     df["equivalent"] = [tost_equivalent(int(b), int(f), int(n), EQUIVALENCE_MARGIN, ALPHA)
                         for b, f, n in zip(df["n_broken"], df["n_fixed"], df["n_images"])]

@@ -73,6 +73,46 @@ def test_missing_or_empty_tables_are_one_line(tmp_path):
         emergence.read_run(tmp_path)
 
 
+def test_a_table_beside_another_runs_card_or_log_is_refused(runs, tmp_path):
+    """A checkpoint re-trained under its name with one of its three files left behind: the
+    lesion epochs would be read at another run's learning rates and named after its card."""
+    from ablate._infra.errors import UsageError
+
+    src = runs["const"]
+    for f in ("const.lesions.csv", "const.log.csv", "const.json"):
+        (tmp_path / f).write_bytes((src / f).read_bytes())
+    shipped = tmp_path / "const.lesions.csv"
+    assert emergence.read_run(shipped)["lr"].notna().sum() == 3 * 9  # epochs 1, 2, 4
+    card = json.loads((src / "const.json").read_text())
+    old = {k: v for k, v in card.items() if k != "lesions"}  # the card of a run without lesions
+    (tmp_path / "const.json").write_text(json.dumps(old))
+    with pytest.raises(UsageError, match="not the card of the run"):
+        emergence.read_run(shipped)
+    (tmp_path / "const.json").write_text(json.dumps(
+        card | {"lesions": card["lesions"] | {"seconds": card["lesions"]["seconds"] + 5}}))
+    with pytest.raises(UsageError, match="not the card of the run"):  # same epochs, other run
+        emergence.read_run(shipped)
+    (tmp_path / "const.json").write_text("[1, 2]")
+    with pytest.raises(UsageError, match="not a card"):
+        emergence.read_run(shipped)
+    (tmp_path / "const.json").write_text("{")
+    with pytest.raises(UsageError, match="not a readable card"):
+        emergence.read_run(shipped)
+    (tmp_path / "const.json").write_bytes((src / "const.json").read_bytes())
+    log = pd.read_csv(src / "const.log.csv")
+    log[log.epoch <= 2].to_csv(tmp_path / "const.log.csv", index=False)  # a shorter run's log
+    with pytest.raises(UsageError, match="not the log of the run"):
+        emergence.read_run(shipped)
+    (tmp_path / "const.json").unlink()  # no card: a live run, whose last lesion epoch may lead
+    assert emergence.read_run(shipped)["lr"].isna().sum() == 2 * 9  # epochs 0 and 4
+    log[log.epoch <= 1].to_csv(tmp_path / "const.log.csv", index=False)
+    with pytest.raises(UsageError, match="ends at epoch 1; the lesions reach epoch 4"):
+        emergence.read_run(shipped)
+    with pytest.raises(SystemExit) as e:  # the command: one line, exit status 2
+        main(["emergence", str(shipped), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and not (tmp_path / "o").exists()
+
+
 def test_command_figure_and_verdict(runs, tmp_path):
     out = tmp_path / "o"
     assert main(["emergence", str(runs["const"]), str(runs["sd"]), "--out", str(out)]) == 0
