@@ -78,10 +78,10 @@ def _check_same_run(table: Path, rows: list[dict], log: Path | None, lr: dict[in
                              f"lesion epochs or their seconds differ): {fix}")
     if log is None or not log.is_file():
         return
-    last = card.get("epochs") if card_path is not None else None
-    live = {max(seconds)} if card_path is None else set()
-    missing = sorted(e for e in seconds if e > 0 and e not in lr and e not in live)
-    if missing or (last is not None and lr and max(lr) != last):
+    logged = set(seconds) - {0}  # the log starts at epoch 1
+    if card_path is None:
+        logged.discard(max(seconds))  # a live run's newest lesion epoch may lead its log
+    if not logged <= lr.keys() or (card_path is not None and lr and max(lr) != card.get("epochs")):
         raise UsageError(f"{log} is not the log of the run that wrote {table} (it ends at epoch "
                          f"{max(lr, default=0)}; the lesions reach epoch {max(seconds)}): {fix}")
 
