@@ -192,6 +192,7 @@ def _network_facts(name: str) -> str:
         how = (f"ablate.train, {card.get('epochs')} epochs, "
                f"{(card.get('recipe') or {}).get('schedule')} schedule; deviations: "
                + "; ".join(card.get("deviations") or ["none"]))
+        how += "".join(f"; {note}" for note in card.get("notes") or [])
         how += _last_epochs(loaded.path, card)
     return f"{name}: {n} {units(models.family(name, card, default='resnet')).split(' (')[0]}, {how}"
 

@@ -439,7 +439,7 @@ CARD_FIELDS = {
     "final_test_error_eval": _opt_str, "epochs": _count, "seed": _count,
     "train_images": _count, "world_size": _count, "train_seconds": _seconds,
     "train_step_seconds": _seconds, "recipe": _is(dict, "object"),
-    "versions": _is(dict, "object"), "deviations": _str_list,
+    "versions": _is(dict, "object"), "deviations": _str_list, "notes": _str_list,
     "precision_by_epochs": _dict_list,
 }
 """The card fields ablate reads or writes and the check of each; other fields are kept as

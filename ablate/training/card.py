@@ -13,7 +13,7 @@ from ablate.training.config import Recipe, TrainConfig, paper_recipe
 from ablate.training.precision import cpu_name
 from ablate.training.precision import ranges as precision_ranges
 
-__all__ = ["card", "deviations", "device_name", "train_step_seconds"]
+__all__ = ["card", "deviations", "device_name", "recipe_notes", "train_step_seconds"]
 
 
 def device_name(device: torch.device) -> str:
@@ -56,11 +56,27 @@ def card(
                      "torchvision": torchvision.__version__},
         "log": f"{name}.log.csv",
     }
+    if notes := recipe_notes(config.model, recipe, sd):
+        card["notes"] = notes
     if config.val_split and log:
         best = min(log, key=lambda r: r["val_error"])
         card |= {"val_split": config.val_split, "best_val_epoch": best["epoch"],
                  "test_error_at_best_val": best["test_error"]}
     return card
+
+
+def recipe_notes(model: str, recipe: Recipe, sd: float | None) -> list[str]:
+    """How this run's recipe stands to the networks the papers took apart: a CIFAR ResNet on He
+    et al.'s schedule is Veit et al.'s constant-depth net; a stochastic-depth one on it is not
+    Huang et al.'s 500-epoch run, but its equal-budget twin."""
+    if models.arch_family(model) != "resnet" or recipe.schedule != "he":
+        return []
+    if sd is None:
+        return ["He et al. 2015's CIFAR recipe (lr /10 at 50% and 75% of training): the "
+                "recipe of the constant-depth ResNet-110 that Veit et al. 2016 took apart"]
+    return ["Huang et al. 2016 trained stochastic depth for 500 epochs with Nesterov momentum "
+            "(lr /10 at epochs 250 and 375); this run follows He et al. 2015's schedule instead, "
+            "the one of its constant-depth twin, so that the two compare at equal budget"]
 
 
 def train_step_seconds(log: list[dict]) -> float | None:

@@ -156,6 +156,7 @@ def test_training_lowers_loss_and_writes_checkpoint_card_log(tmp_path):
     assert card["arch"] == "resnet20" and card["dataset"] == "synthetic"
     assert card["final_test_error"] == pytest.approx(float(log[-1]["test_error"]), abs=1e-5)
     assert any("epochs 3 instead of 164" in d for d in card["deviations"])
+    assert any("Veit et al. 2016" in n for n in card["notes"])  # He's schedule: Veit's net
     assert (tmp_path / "run" / "resnet20.log.csv").exists()
 
 

@@ -14,7 +14,8 @@ def test_differences_name_each_network_with_its_card_beside_the_paper(
         card = json.loads(path.with_suffix(".json").read_text())
         if name == "resnet20":  # an own-trained network: epochs, schedule, deviations
             card |= {"epochs": 40, "recipe": {"schedule": "cosine"},
-                     "deviations": ["epochs 40 instead of 164 (He et al. 2015)"]}
+                     "deviations": ["epochs 40 instead of 164 (He et al. 2015)"],
+                     "notes": ["the recipe Veit et al. took apart"]}
         (tmp_path / path.name).write_bytes(path.read_bytes())
         (tmp_path / f"{name}.json").write_text(json.dumps(card))
     monkeypatch.setenv("ABLATE_CHECKPOINTS", str(tmp_path))
@@ -29,6 +30,7 @@ def test_differences_name_each_network_with_its_card_beside_the_paper(
     assert len([x for x in lines if x.startswith("- ")]) == 1  # the reproducing one is left out
     assert "resnet20: 9 residual blocks, " in text
     assert "40 epochs, cosine schedule" in text and "instead of 164" in text
+    assert "instead of 164 (He et al. 2015); the recipe Veit et al. took apart" in text
     assert "plain20" not in text  # named only by the finding that reproduces
     assert "Paper: Veit et al.: ResNet-110 (54 blocks)" in text
     assert report.differences(found[1:]) == []

@@ -238,6 +238,7 @@ BAD_FIELDS = {
     "recipe": ["sgd", [1]],
     "versions": ["2.0", 3],
     "deviations": ["none", [1, 2]],
+    "notes": ["none", [1, 2]],
     "precision_by_epochs": ["all", [1]],
 }
 CASES = [(f, v) for f, vs in BAD_FIELDS.items() for v in vs]

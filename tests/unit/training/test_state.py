@@ -113,6 +113,7 @@ def test_card_records_training_step_time_apart_from_evaluation(tmp_path):
     huang = [d for d in card["deviations"] if "Huang" in d]
     assert any("epochs 2 instead of 500" in d for d in huang)
     assert any("nesterov False instead of True" in d for d in huang)
+    assert any("equal budget" in n and "500 epochs" in n for n in card["notes"])
 
 
 def test_a_state_from_another_kind_of_device_resumes_only_when_asked(tmp_path):
